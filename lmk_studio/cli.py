@@ -1,0 +1,103 @@
+"""The `lmk-studio` command. Parsing lives here; the work lives in core/engine functions.
+
+Every handler returns an exit code; an LmkError becomes a one-line message on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from lmk_studio import __version__
+from lmk_studio.core.errors import LmkError
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lmk-studio",
+        description="One-shot landmark localisation for X-rays. Without a command, opens the app.",
+    )
+    p.add_argument("--version", action="version", version=f"lmk_studio {__version__}")
+    p.add_argument("--demo", action="store_true", help="open the app on the built-in demo project")
+    p.add_argument("project_to_open", nargs="?", help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command")
+
+    s = sub.add_parser("new", help="create a project from a folder of images")
+    s.add_argument("project")
+    s.add_argument("--images", required=True, help="folder of images")
+    s.add_argument("--template", required=True, help="bundled template name or a JSON file")
+
+    s = sub.add_parser("import", help="import landmarks (labelme, ISBI text, project CSV)")
+    s.add_argument("project")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--labelme", help="folder (or file) of labelme JSON point files")
+    g.add_argument("--isbi", help="folder (or file) of ISBI 2015 .txt files (x,y per line)")
+    g.add_argument("--csv", help="a CSV exported by lmk-studio")
+    s.add_argument(
+        "--as", dest="as_status", default="accepted",
+        choices=["exemplar", "accepted", "corrected", "predicted"],
+        help="status to give imported points (default: accepted)",
+    )
+
+    s = sub.add_parser("export", help="export landmarks to CSV / JSON / COCO")
+    s.add_argument("project")
+    s.add_argument("--csv")
+    s.add_argument("--wide", action="store_true", help="one row per image instead of per landmark")
+    s.add_argument("--json")
+    s.add_argument("--coco")
+    s.add_argument("--reviewed-only", action="store_true", help="only accepted/corrected/exemplar")
+
+    s = sub.add_parser("evaluate", help="compare the project's points with ground truth")
+    s.add_argument("project")
+    s.add_argument("--truth", required=True, nargs="+",
+                   help="labelme folder(s) (several are averaged), ISBI folder or CSV")
+    s.add_argument("--json", help="write the metrics here")
+    s.add_argument("--thresholds", default="2,2.5,3,4", help="SDR thresholds (mm, or px if no spacing)")
+    s.add_argument("--exclude-exemplar", action="store_true", default=True)
+
+    s = sub.add_parser("info", help="summarise a project")
+    s.add_argument("project")
+
+    s = sub.add_parser("demo", help="write the phantom demo project into DIR")
+    s.add_argument("dir")
+    s.add_argument("--n", type=int, default=24, help="number of images")
+
+    s = sub.add_parser("train", help="train Stage I, Stage II or both")
+    s.add_argument("project")
+    s.add_argument("--stage", default="1", choices=["1", "2", "all"])
+    s.add_argument("--preset", default=None)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--seed", type=int, default=None)
+
+    s = sub.add_parser("predict", help="predict landmarks")
+    s.add_argument("project")
+    s.add_argument("--method", default="stage2", choices=["classical", "stage1", "stage2"])
+    s.add_argument("--images", help="a folder of new images (added to the project)")
+    s.add_argument("--device", default="auto")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        if args.command is None:
+            from lmk_studio.gui.app import run_app
+
+            return run_app(project=args.project_to_open, demo=args.demo)
+        from lmk_studio import commands
+
+        handler = getattr(commands, f"cmd_{args.command}")
+        return int(handler(args) or 0)
+    except LmkError as exc:
+        print(f"lmk-studio: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmk-studio: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

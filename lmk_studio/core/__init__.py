@@ -1,0 +1,1 @@
+"""The domain, free of Qt and torch: templates, project store, images, import/export, metrics."""
