@@ -1,0 +1,51 @@
+"""The trainer contract every stage relies on: device choice, cancel token, seeding, progress."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmk_studio.engine.common import (
+    Cancelled,
+    CancelToken,
+    ProgressEvent,
+    seed_everything,
+    select_device,
+)
+
+
+def test_auto_device_falls_back_to_cpu_without_gpu() -> None:
+    dev = select_device("auto")
+    if not torch.cuda.is_available():
+        assert dev.type in ("cpu", "mps")
+    assert select_device("cpu").type == "cpu"
+
+
+def test_asking_for_a_missing_gpu_is_an_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RuntimeError, match="no CUDA"):
+        select_device("cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        select_device("tpu")
+
+
+def test_cancel_token_raises_once_cancelled() -> None:
+    tok = CancelToken()
+    tok.raise_if_cancelled()
+    tok.cancel()
+    assert tok.cancelled
+    with pytest.raises(Cancelled):
+        tok.raise_if_cancelled()
+
+
+def test_seed_everything_reproduces_torch_draws() -> None:
+    seed_everything(7)
+    a = torch.randn(5)
+    seed_everything(7)
+    assert torch.equal(a, torch.randn(5))
+
+
+def test_progress_fraction_counts_epochs_and_steps() -> None:
+    ev = ProgressEvent(stage="stage1", epoch=1, epochs=4, step=5, steps=10)
+    assert ev.fraction == pytest.approx(15 / 40)
