@@ -1,6 +1,7 @@
 """CLI command handlers, one module per area so the CLI never imports torch or Qt needlessly.
 
-Each `cmd_*` takes the parsed argparse namespace and returns an exit code.
+Owners: project_cmds (new, info), io_cmds (import, export), evaluate_cmd, demo_cmd,
+train_cmds (train, predict). Each `cmd_*` takes the parsed argparse namespace and returns an exit code.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from lmk_studio.commands.project_cmds import cmd_import as f
+    from lmk_studio.commands.io_cmds import cmd_import as f
 
     return f(args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lmk_studio.commands.project_cmds import cmd_export as f
+    from lmk_studio.commands.io_cmds import cmd_export as f
 
     return f(args)
 
@@ -33,7 +34,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lmk_studio.commands.project_cmds import cmd_demo as f
+    from lmk_studio.commands.demo_cmd import cmd_demo as f
 
     return f(args)
 
