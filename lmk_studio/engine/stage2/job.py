@@ -1,0 +1,261 @@
+"""Stage II jobs on a project store: train (C2T) and predict, results written as Source.STAGE2.
+
+Start points (pseudo-labels) come from the newest finished Stage I run, else the newest classical
+preview run, else the points currently in the project that no human stands behind. Trusted
+points (exemplar, accepted, corrected) are the labelled set and are never overwritten; neither is
+a point the user marked absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmk_studio.core.errors import LmkError
+from lmk_studio.core.points import LandmarkPoint, Source, Status
+from lmk_studio.engine.common import (
+    Cancelled,
+    CancelToken,
+    ProgressCallback,
+    ProgressEvent,
+    no_progress,
+    seed_everything,
+    select_device,
+)
+
+from .confidence import score
+from .config import load_preset
+from .model import Stage2Model
+from .pipeline import fit_stage2, tolerance_px
+from .trainer import Stage2Data, downscale
+
+RUN_KIND = "stage2"
+_START_KINDS = (("stage1",), ("classical", "preview", "stage0"))
+
+
+def _open(project: Any):
+    """Accept an open Project or a path to one (then we own closing it)."""
+    if isinstance(project, str | Path):
+        from lmk_studio.core.store import Project
+
+        return Project.open(Path(project)), True
+    return project, False
+
+
+def model_dir(project) -> Path:
+    return Path(str(project.path) + ".models")
+
+
+def _start_points(project, image_ids: Sequence[int], n: int) -> tuple[dict[int, np.ndarray], str]:
+    """Newest Stage I run's points, else classical preview, else current untrusted points."""
+    runs = sorted(project.runs(), key=lambda r: r.id, reverse=True)
+    for kinds in _START_KINDS:
+        for r in runs:
+            if r.kind in kinds and r.status in ("finished", "done", "ok", "completed"):
+                preds = project.predictions(r.id)
+                out = {}
+                for iid in image_ids:
+                    arr = np.full((n, 2), np.nan)
+                    for p in preds.get(iid, []):
+                        if p.x is not None and p.y is not None:
+                            arr[p.index] = (p.x, p.y)
+                    out[iid] = arr
+                if any(np.isfinite(a).any() for a in out.values()):
+                    return out, f"run {r.id} ({r.kind})"
+    out = {}
+    for iid in image_ids:
+        arr = np.full((n, 2), np.nan)
+        for p in project.points(iid):
+            if p.placed and p.x is not None and p.y is not None:
+                arr[p.index] = (p.x, p.y)
+        out[iid] = arr
+    return out, "current points"
+
+
+def _load_down(path: Path, scale: float) -> tuple[np.ndarray, tuple[float, float]]:
+    from lmk_studio.core.images import load_image
+
+    img = load_image(path).normalized()
+    return downscale(img, scale)
+
+
+def train_stage2_job(project: Any, preset: str | None = "cpu", device: str = "auto",
+                     resume: bool = False, seed: int | None = None,
+                     progress: ProgressCallback = no_progress,
+                     cancel: CancelToken | None = None) -> int:
+    """Train C2T on the project, write predictions + confidence, return the run id."""
+    proj, owned = _open(project)
+    try:
+        return _train(proj, preset, device, resume, seed, progress, cancel)
+    finally:
+        if owned:
+            proj.close()
+
+
+def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
+    cfg = load_preset(preset)
+    dev = select_device(device)
+    seed = 0 if seed is None else int(seed)
+    seed_everything(seed)
+    n = len(proj.template)
+    records = proj.images()
+    if not records:
+        raise LmkError(f"{proj.path}: the project has no images")
+    all_pts = proj.all_points()
+    ids = [r.id for r in records]
+    starts, start_src = _start_points(proj, ids, n)
+
+    prev_ckpt = None
+    if resume:
+        for r in sorted(proj.runs(), key=lambda r: r.id, reverse=True):
+            if r.kind == RUN_KIND and r.status in ("cancelled", "running", "failed"):
+                c = (r.checkpoints or {}).get("trainer")
+                if c and Path(c).exists():
+                    prev_ckpt = Path(c)
+                break
+    run_id = proj.start_run(RUN_KIND, {"preset": cfg.name, "stage2": cfg.to_dict(), "seed": seed,
+                                       "device": str(dev), "start_points": start_src,
+                                       "resumed_from": str(prev_ckpt) if prev_ckpt else None})
+    ckpt = prev_ckpt or (model_dir(proj) / f"stage2_run{run_id}" / "trainer.pt")
+    try:
+        images, factors, points, trusted, faults, used = [], [], [], [], [], []
+        for k, rec in enumerate(records):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            try:
+                down, f = _load_down(rec.path, cfg.scale)
+            except LmkError as exc:
+                faults.append(str(exc))
+                continue
+            pts = np.full((n, 2), np.nan)
+            tr = np.zeros(n, dtype=bool)
+            for p in all_pts.get(rec.id, []):
+                if p.status.is_trusted and p.placed:
+                    pts[p.index] = (p.x, p.y)
+                    tr[p.index] = True
+            s = starts.get(rec.id)
+            if s is not None:
+                pts = np.where(tr[:, None], pts, s)
+            images.append(down)
+            factors.append(f)
+            points.append(pts)
+            trusted.append(tr)
+            used.append(rec)
+            progress(ProgressEvent(stage="stage2-load", epoch=0, epochs=1, step=k + 1,
+                                   steps=len(records), message=f"loading {rec.name}"))
+        data = Stage2Data(images, factors, np.array(points), np.array(trusted))
+        if not data.trusted.any():
+            raise LmkError("Stage II needs labelled landmarks: mark the exemplar first")
+        if not (np.isfinite(data.points).all(-1) & ~data.trusted).any():
+            raise LmkError("Stage II needs start points: run Stage I or the classical preview "
+                           "first")
+        res = fit_stage2(data, n, cfg, seed=seed, device=dev, progress=progress, cancel=cancel,
+                         checkpoint=ckpt, resume=prev_ckpt is not None,
+                         spacing=[r.spacing for r in used])
+        mpath = model_dir(proj) / f"stage2_run{run_id}" / "model.pt"
+        res.model.save(mpath)
+        n_written = _write(proj, run_id, used, res.points, res.confidence, res.expected_error_px,
+                           data.trusted)
+        proj.finish_run(run_id, "finished",
+                        metrics={"images": len(used), "points_written": n_written,
+                                 "faults": faults, "calibration": res.model.calibration,
+                                 "mean_expected_error_px": float(np.nanmean(
+                                     np.where(data.trusted, np.nan, res.expected_error_px)))},
+                        checkpoints={"model": str(mpath), "trainer": str(ckpt)},
+                        timings=res.timings)
+        return run_id
+    except Cancelled:
+        proj.finish_run(run_id, "cancelled", checkpoints={"trainer": str(ckpt)})
+        raise
+    except BaseException as exc:
+        proj.finish_run(run_id, "failed", metrics={"error": str(exc)},
+                        checkpoints={"trainer": str(ckpt)})
+        raise
+
+
+def _write(proj, run_id: int, records, pts: np.ndarray, conf: np.ndarray, err: np.ndarray,
+           trusted: np.ndarray) -> int:
+    """record_predictions for the run; set_points only where no human decision would be lost."""
+    history, rows = [], []
+    for i, rec in enumerate(records):
+        current = {p.index: p for p in proj.points(rec.id)}
+        for j in range(pts.shape[1]):
+            if trusted[i, j] or not np.isfinite(pts[i, j]).all():
+                continue
+            lp = LandmarkPoint(j, float(pts[i, j, 0]), float(pts[i, j, 1]), Status.PREDICTED,
+                               Source.STAGE2, float(conf[i, j]), float(err[i, j]), run_id)
+            history.append((rec.id, lp))
+            cur = current.get(j)
+            if cur is not None and (cur.status.is_trusted or cur.status is Status.ABSENT):
+                continue
+            rows.append((rec.id, lp))
+    proj.record_predictions(run_id, history)
+    proj.set_points(rows)
+    return len(rows)
+
+
+def _latest_model(proj) -> tuple[int, Path]:
+    for r in sorted(proj.runs(), key=lambda r: r.id, reverse=True):
+        if r.kind == RUN_KIND and r.status == "finished":
+            m = (r.checkpoints or {}).get("model")
+            if m and Path(m).exists():
+                return r.id, Path(m)
+    raise LmkError(f"{proj.path}: no trained Stage II model yet: train Stage II first")
+
+
+def predict_stage2_job(project: Any, device: str = "auto",
+                       progress: ProgressCallback = no_progress,
+                       cancel: CancelToken | None = None,
+                       images: Sequence[int] | None = None) -> int:
+    """Predict with the newest Stage II model, one image at a time (bounded memory)."""
+    proj, owned = _open(project)
+    try:
+        dev = select_device(device)
+        src_run, mpath = _latest_model(proj)
+        model = Stage2Model.load(mpath, device=dev)
+        n = model.n_landmarks
+        records = proj.images()
+        if images is not None:
+            wanted = set(images)
+            records = [r for r in records if r.id in wanted]
+        starts, start_src = _start_points(proj, [r.id for r in records], n)
+        run_id = proj.start_run("stage2-predict", {"model_run": src_run, "device": str(dev),
+                                                   "start_points": start_src})
+        faults, written = [], 0
+        try:
+            for k, rec in enumerate(records):
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                cur = proj.points(rec.id)
+                trusted = np.array([p.status.is_trusted and p.placed for p in cur])
+                init = starts.get(rec.id, np.full((n, 2), np.nan)).copy()
+                if trusted.all() or not np.isfinite(init).any():
+                    continue
+                try:
+                    down, f = _load_down(rec.path, model.cfg.scale)
+                except LmkError as exc:
+                    faults.append(str(exc))
+                    continue
+                with torch.no_grad():
+                    raw = model.predict_down(down, f, init)
+                conf, err = score(raw, model.calibration, tolerance_px(model.cfg, rec.spacing))
+                written += _write(proj, run_id, [rec], raw.points[None], conf[None], err[None],
+                                  trusted[None])
+                progress(ProgressEvent(stage="stage2-predict", epoch=0, epochs=1, step=k + 1,
+                                       steps=len(records), message=f"predicted {rec.name}"))
+        except Cancelled:
+            proj.finish_run(run_id, "cancelled", metrics={"points_written": written})
+            raise
+        except BaseException as exc:
+            proj.finish_run(run_id, "failed", metrics={"error": str(exc)})
+            raise
+        proj.finish_run(run_id, "finished", metrics={"points_written": written,
+                                                     "faults": faults})
+        return run_id
+    finally:
+        if owned:
+            proj.close()

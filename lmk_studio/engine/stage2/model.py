@@ -1,0 +1,132 @@
+"""Trained Stage II model: inference on one image at a time, original-pixel output.
+
+Inference per landmark: a patch centred on the Stage-I point, decoded sub-pixel by both
+detectors; the patch is re-centred on the result and decoded again (`infer_iterations`), then
+four shifted patches (test-time augmentation) are added. The final point is the mean over
+detectors and views; the per-detector / per-view points feed the confidence model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Stage2Config
+from .decode import decode_heatmaps
+from .detectors import build_detector
+from .trainer import down_to_orig, orig_to_down
+from .views import heatmap_to_input, warp
+
+
+@dataclass
+class RawPrediction:
+    """All signals of one image's prediction (original px)."""
+
+    points: np.ndarray        # (N, 2) final; NaN where no start point was given
+    per_view: np.ndarray      # (V, K, N, 2) every view x detector
+    peaks: np.ndarray         # (V, K, N)
+    spreads: np.ndarray       # (V, K, N) original px
+    init: np.ndarray          # (N, 2) the start (Stage-I) points
+
+
+class Stage2Model:
+    """Detectors + config + confidence calibration; the unit saved per Stage II run."""
+
+    def __init__(self, cfg: Stage2Config, n_landmarks: int, nets: list[torch.nn.Module],
+                 calibration: dict | None = None, device: torch.device | str = "cpu") -> None:
+        self.cfg = cfg
+        self.n_landmarks = n_landmarks
+        self.nets = nets
+        self.device = torch.device(device)
+        self.calibration = calibration or {}
+        self.stride = int(getattr(nets[0], "stride", 1))
+        for n in self.nets:
+            n.eval()
+
+    # ---- persistence -------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"format": "lmk_studio.stage2/1", "cfg": self.cfg.to_dict(),
+                    "n_landmarks": self.n_landmarks,
+                    "nets": [n.state_dict() for n in self.nets],
+                    "calibration": self.calibration}, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device | str = "cpu") -> Stage2Model:
+        st = torch.load(Path(path), map_location=device, weights_only=False)
+        cfg = Stage2Config.from_dict(st["cfg"])
+        nets = []
+        for sd in st["nets"]:
+            n = build_detector(n_out=st["n_landmarks"], **cfg.detector)
+            n.load_state_dict(sd)
+            nets.append(n.to(device))
+        return cls(cfg, st["n_landmarks"], nets, st.get("calibration"), device)
+
+    # ---- inference ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def _run(self, img: torch.Tensor, centers: np.ndarray, offsets: np.ndarray,
+             lms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Patches at centers[j] + offsets[v] for landmarks lms -> points (V,K,L,2) down px."""
+        p = self.cfg.patch
+        half = (p - 1) / 2.0
+        mats, chans = [], []
+        for off in offsets:
+            for j, c in zip(lms, centers, strict=True):
+                m = np.eye(3)
+                m[:2, 2] = c + off - half
+                mats.append(m)
+                chans.append(j)
+        mt = torch.as_tensor(np.array(mats), dtype=torch.float32, device=self.device)
+        src = img.expand(len(mats), -1, -1, -1)
+        patches = warp(src, mt, (p, p), padding="border")
+        chan = torch.as_tensor(chans, device=self.device)
+        v, ll = len(offsets), len(lms)
+        pts, peaks, spreads = [], [], []
+        for net in self.nets:
+            hm = net(patches)[torch.arange(len(mats), device=self.device), chan][:, None]
+            d = decode_heatmaps(hm, method=self.cfg.decode)
+            q = heatmap_to_input(d.points[:, 0].double().cpu().numpy(), self.stride)
+            q = q + (np.array(mats)[:, :2, 2])
+            pts.append(q.reshape(v, ll, 2))
+            peaks.append(d.peak[:, 0].cpu().numpy().reshape(v, ll))
+            spreads.append(d.spread[:, 0].cpu().numpy().reshape(v, ll) * self.stride)
+        return (np.stack(pts, axis=1), np.stack(peaks, axis=1), np.stack(spreads, axis=1))
+
+    def predict_down(self, down: np.ndarray, factor: tuple[float, float],
+                     init_orig: np.ndarray) -> RawPrediction:
+        """One downscaled image + start points (orig px, NaN = none) -> RawPrediction."""
+        cfg = self.cfg
+        n = self.n_landmarks
+        init_orig = np.asarray(init_orig, dtype=np.float64).reshape(n, 2)
+        lms = np.flatnonzero(np.isfinite(init_orig).all(axis=1))
+        img = torch.from_numpy(np.ascontiguousarray(down, dtype=np.float32))[None, None].to(
+            self.device)
+        centers = orig_to_down(init_orig[lms], factor)
+        s = cfg.tta_shift
+        tta = np.array([[0, 0], [s, s], [-s, s], [s, -s], [-s, -s]], dtype=np.float64)
+        iters = max(1, cfg.infer_iterations)
+        for it in range(iters):
+            last = it == iters - 1
+            offs = tta if (last and s > 0) else tta[:1]
+            pts, peaks, spreads = self._run(img, centers, offs, lms)
+            if not last:
+                centers = pts[0].mean(axis=0)
+        k = len(self.nets)
+        v = len(offs)
+        final = np.full((n, 2), np.nan)
+        per_view = np.full((v, k, n, 2), np.nan)
+        pk = np.full((v, k, n), np.nan)
+        sp = np.full((v, k, n), np.nan)
+        if len(lms):
+            per_view[:, :, lms] = down_to_orig(pts, factor)
+            final[lms] = per_view[:, :, lms].reshape(-1, len(lms), 2).mean(axis=0)
+            pk[:, :, lms] = peaks
+            fx, fy = factor
+            sp[:, :, lms] = spreads * float(np.sqrt(fx * fy))
+        return RawPrediction(final, per_view, pk, sp, init_orig)
