@@ -36,6 +36,10 @@ class TinyUNet(nn.Module):
         self.ups = nn.ModuleList(
             _block(chans[i + 1] + chans[i], chans[i]) for i in reversed(range(depth)))
         self.head = nn.Conv2d(chans[0], n_out, 1)
+        # start from an all-zero heatmap: a random head makes the first hundred steps unlearn
+        # large spurious maps (loss 40x the "predict nothing" level) before learning any peak
+        nn.init.normal_(self.head.weight, std=1e-3)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - 0.5) / 0.25
