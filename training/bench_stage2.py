@@ -195,6 +195,10 @@ def child(args: argparse.Namespace) -> None:
     over = json.loads(args.override or "{}")
     cfg = dataclasses.replace(cfg, **over)
     imgs, facs = load_down(cfg.scale)
+    ccfg = cfg.coarse_config()
+    coarse = None
+    if ccfg is not None:
+        cimgs, cfacs = load_down(ccfg.scale)
     truth = load_truth()
     start, _ = start_points(args.start)
     trusted = np.zeros((120, N_LM), dtype=bool)
@@ -204,7 +208,9 @@ def child(args: argparse.Namespace) -> None:
     for i in json.loads(args.corrected or "[]"):
         trusted[i] = True
         pts[i] = truth[i]
-    data = Stage2Data(imgs, facs, pts, trusted)
+    if ccfg is not None:
+        coarse = Stage2Data(cimgs, cfacs, pts, trusted)
+    data = Stage2Data(imgs, facs, pts, trusted, coarse)
     t0 = time.monotonic()
     res = fit_stage2(data, N_LM, cfg, seed=args.seed, spacing=[(MM_PER_PX, MM_PER_PX)] * 120)
     wall = time.monotonic() - t0

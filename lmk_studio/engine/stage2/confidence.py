@@ -102,7 +102,12 @@ def calibrate(model: Stage2Model, data: Stage2Data, move_px: np.ndarray,
             th = rng.uniform(0, 2 * np.pi, size=len(lm))
             init = np.full((model.n_landmarks, 2), np.nan)
             init[lm] = t_o + np.stack([r * np.cos(th), r * np.sin(th)], axis=1)
-            raw = model.predict_down(warped.astype(np.float32), f, init)
+            cd = cf = None
+            if data.coarse is not None:
+                ch, cw = data.coarse.images[i].shape
+                cd = cv2.resize(warped, (cw, ch), interpolation=cv2.INTER_AREA).astype(np.float32)
+                cf = data.coarse.factors[i]
+            raw = model.predict_down(warped.astype(np.float32), f, init, cd, cf)
             xs.append(features(raw)[lm])
             errs.append(np.linalg.norm(raw.points[lm] - t_o, axis=1))
     x = np.concatenate(xs) if xs else np.zeros((0, len(FEATURES)))

@@ -51,6 +51,17 @@ class Stage2Config:
     calib_warps: int = 6            # synthetic warps per trusted image for confidence fitting
     tolerance_mm: float = 2.0       # confidence = 1/(1+(E/tol)^2); tol in px when no spacing
     tolerance_px: float = 16.0
+    coarse: dict | None = None      # overrides for a coarser first level (cascade), e.g. scale 8
+
+    def coarse_config(self) -> Stage2Config | None:
+        """The coarse level: this config with `coarse` overrides (wider context, fewer steps)."""
+        if not self.coarse:
+            return None
+        d = self.to_dict()
+        d.pop("coarse")
+        d.update(self.coarse)
+        d["name"] = f"{self.name}-coarse"
+        return Stage2Config.from_dict(d)
 
     @property
     def epochs(self) -> int:

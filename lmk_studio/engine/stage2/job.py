@@ -76,11 +76,18 @@ def _start_points(project, image_ids: Sequence[int], n: int) -> tuple[dict[int, 
     return out, "current points"
 
 
-def _load_down(path: Path, scale: float) -> tuple[np.ndarray, tuple[float, float]]:
+def _load_levels(path: Path, cfg) -> tuple[np.ndarray, tuple[float, float],
+                                             np.ndarray | None, tuple[float, float] | None]:
+    """The image at the fine level's scale and (cascade) the coarse one; full res is dropped."""
     from lmk_studio.core.images import load_image
 
     img = load_image(path).normalized()
-    return downscale(img, scale)
+    down, f = downscale(img, cfg.scale)
+    ccfg = cfg.coarse_config()
+    if ccfg is None:
+        return down, f, None, None
+    cdown, cf = downscale(img, ccfg.scale)
+    return down, f, cdown, cf
 
 
 def train_stage2_job(project: Any, preset: str | None = "cpu", device: str = "auto",
@@ -123,14 +130,17 @@ def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
     ckpt = prev_ckpt or (model_dir(proj) / f"stage2_run{run_id}" / "trainer.pt")
     try:
         images, factors, points, trusted, faults, used = [], [], [], [], [], []
+        cimages, cfactors = [], []
         for k, rec in enumerate(records):
             if cancel is not None:
                 cancel.raise_if_cancelled()
             try:
-                down, f = _load_down(rec.path, cfg.scale)
+                down, f, cdown, cf = _load_levels(rec.path, cfg)
             except LmkError as exc:
                 faults.append(str(exc))
                 continue
+            cimages.append(cdown)
+            cfactors.append(cf)
             pts = np.full((n, 2), np.nan)
             tr = np.zeros(n, dtype=bool)
             for p in all_pts.get(rec.id, []):
@@ -147,7 +157,10 @@ def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
             used.append(rec)
             progress(ProgressEvent(stage="stage2-load", epoch=0, epochs=1, step=k + 1,
                                    steps=len(records), message=f"loading {rec.name}"))
-        data = Stage2Data(images, factors, np.array(points), np.array(trusted))
+        pts_a, tr_a = np.array(points), np.array(trusted)
+        coarse = (Stage2Data(cimages, cfactors, pts_a, tr_a)
+                  if cfg.coarse_config() is not None else None)
+        data = Stage2Data(images, factors, pts_a, tr_a, coarse)
         if not data.trusted.any():
             raise LmkError("Stage II needs labelled landmarks: mark the exemplar first")
         if not (np.isfinite(data.points).all(-1) & ~data.trusted).any():
@@ -236,12 +249,12 @@ def predict_stage2_job(project: Any, device: str = "auto",
                 if trusted.all() or not np.isfinite(init).any():
                     continue
                 try:
-                    down, f = _load_down(rec.path, model.cfg.scale)
+                    down, f, cdown, cf = _load_levels(rec.path, model.cfg)
                 except LmkError as exc:
                     faults.append(str(exc))
                     continue
                 with torch.no_grad():
-                    raw = model.predict_down(down, f, init)
+                    raw = model.predict_down(down, f, init, cdown, cf)
                 conf, err = score(raw, model.calibration, tolerance_px(model.cfg, rec.spacing))
                 written += _write(proj, run_id, [rec], raw.points[None], conf[None], err[None],
                                   trusted[None])

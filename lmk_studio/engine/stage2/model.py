@@ -36,8 +36,10 @@ class Stage2Model:
     """Detectors + config + confidence calibration; the unit saved per Stage II run."""
 
     def __init__(self, cfg: Stage2Config, n_landmarks: int, nets: list[torch.nn.Module],
-                 calibration: dict | None = None, device: torch.device | str = "cpu") -> None:
+                 calibration: dict | None = None, device: torch.device | str = "cpu",
+                 coarse: Stage2Model | None = None) -> None:
         self.cfg = cfg
+        self.coarse = coarse
         self.n_landmarks = n_landmarks
         self.nets = nets
         self.device = torch.device(device)
@@ -51,22 +53,30 @@ class Stage2Model:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save({"format": "lmk_studio.stage2/1", "cfg": self.cfg.to_dict(),
-                    "n_landmarks": self.n_landmarks,
-                    "nets": [n.state_dict() for n in self.nets],
-                    "calibration": self.calibration}, tmp)
+        torch.save(self._state(), tmp)
         tmp.replace(path)
+
+    def _state(self) -> dict:
+        return {"format": "lmk_studio.stage2/1", "cfg": self.cfg.to_dict(),
+                "n_landmarks": self.n_landmarks, "nets": [n.state_dict() for n in self.nets],
+                "calibration": self.calibration,
+                "coarse": self.coarse._state() if self.coarse is not None else None}
 
     @classmethod
     def load(cls, path: Path, device: torch.device | str = "cpu") -> Stage2Model:
-        st = torch.load(Path(path), map_location=device, weights_only=False)
+        return cls._from_state(torch.load(Path(path), map_location=device, weights_only=False),
+                               device)
+
+    @classmethod
+    def _from_state(cls, st: dict, device: torch.device | str) -> Stage2Model:
         cfg = Stage2Config.from_dict(st["cfg"])
         nets = []
         for sd in st["nets"]:
             n = build_detector(n_out=st["n_landmarks"], **cfg.detector)
             n.load_state_dict(sd)
             nets.append(n.to(device))
-        return cls(cfg, st["n_landmarks"], nets, st.get("calibration"), device)
+        coarse = cls._from_state(st["coarse"], device) if st.get("coarse") else None
+        return cls(cfg, st["n_landmarks"], nets, st.get("calibration"), device, coarse)
 
     # ---- inference ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -99,11 +109,27 @@ class Stage2Model:
         return (np.stack(pts, axis=1), np.stack(peaks, axis=1), np.stack(spreads, axis=1))
 
     def predict_down(self, down: np.ndarray, factor: tuple[float, float],
-                     init_orig: np.ndarray) -> RawPrediction:
-        """One downscaled image + start points (orig px, NaN = none) -> RawPrediction."""
-        cfg = self.cfg
+                     init_orig: np.ndarray, coarse_down: np.ndarray | None = None,
+                     coarse_factor: tuple[float, float] | None = None) -> RawPrediction:
+        """One downscaled image + start points (orig px, NaN = none) -> RawPrediction.
+
+        With a coarse level, it runs first (on `coarse_down`) and the fine level starts from its
+        answer; `init` of the result stays the caller's start point (Stage I)."""
         n = self.n_landmarks
         init_orig = np.asarray(init_orig, dtype=np.float64).reshape(n, 2)
+        if self.coarse is not None:
+            if coarse_down is None or coarse_factor is None:
+                raise ValueError("this Stage II model is a cascade: pass the coarse image too")
+            mid = self.coarse.predict_down(coarse_down, coarse_factor, init_orig).points
+            raw = self._predict_level(down, factor, mid)
+            raw.init = init_orig
+            return raw
+        return self._predict_level(down, factor, init_orig)
+
+    def _predict_level(self, down: np.ndarray, factor: tuple[float, float],
+                       init_orig: np.ndarray) -> RawPrediction:
+        cfg = self.cfg
+        n = self.n_landmarks
         lms = np.flatnonzero(np.isfinite(init_orig).all(axis=1))
         img = torch.from_numpy(np.ascontiguousarray(down, dtype=np.float32))[None, None].to(
             self.device)

@@ -54,7 +54,9 @@ def predict_all(model: Stage2Model, data: Stage2Data, which: Sequence[int] | Non
     for k, i in enumerate(idx):
         if cancel is not None:
             cancel.raise_if_cancelled()
-        raw = model.predict_down(data.images[i], data.factors[i], data.points[i])
+        c = data.coarse
+        raw = model.predict_down(data.images[i], data.factors[i], data.points[i],
+                                 c.images[i] if c else None, c.factors[i] if c else None)
         raws[i] = raw
         pts[i] = raw.points
         progress(ProgressEvent(stage="stage2-predict", epoch=0, epochs=1, step=k + 1,
@@ -69,11 +71,27 @@ def fit_stage2(data: Stage2Data, n_landmarks: int, cfg: Stage2Config, *, seed: i
                ) -> Stage2Result:
     """Train, predict all images, calibrate confidence on synthetic warps of trusted images."""
     t0 = time.monotonic()
+    coarse_model = None
+    ccfg = cfg.coarse_config()
+    if ccfg is not None:
+        if data.coarse is None:
+            raise ValueError("the preset has a coarse level: build Stage2Data with coarse_scale")
+        ck = Path(str(checkpoint) + ".coarse") if checkpoint else None
+        ctr = Stage2Trainer(ccfg, data.coarse, n_landmarks, device=device, seed=seed + 1000,
+                            checkpoint=ck)
+
+        def cprog(ev: ProgressEvent) -> None:
+            ev.stage = "stage2-coarse"
+            progress(ev)
+
+        coarse_model = Stage2Model(ccfg, n_landmarks,
+                                   ctr.train(progress=cprog, cancel=cancel, resume=resume),
+                                   device=device)
     trainer = Stage2Trainer(cfg, data, n_landmarks, device=device, seed=seed,
                             checkpoint=checkpoint)
     nets = trainer.train(progress=progress, cancel=cancel, resume=resume)
     t1 = time.monotonic()
-    model = Stage2Model(cfg, n_landmarks, nets, device=device)
+    model = Stage2Model(cfg, n_landmarks, nets, device=device, coarse=coarse_model)
     pts, raws = predict_all(model, data, progress=progress, cancel=cancel)
     t2 = time.monotonic()
     untrusted = ~data.trusted & np.isfinite(pts).all(axis=-1)

@@ -82,17 +82,24 @@ class Stage2Data:
     factors: list[tuple[float, float]]  # orig px per downscaled px
     points: np.ndarray                  # (M, N, 2) original px
     trusted: np.ndarray                 # (M, N) bool
+    coarse: Stage2Data | None = None    # the same pairs at the coarse level's scale (cascade)
 
     @classmethod
     def from_full(cls, full_images: list[np.ndarray], points: np.ndarray, trusted: np.ndarray,
-                  scale: float) -> Stage2Data:
-        imgs, facs = [], []
+                  scale: float, coarse_scale: float | None = None) -> Stage2Data:
+        imgs, facs, cimgs, cfacs = [], [], [], []
         for im in full_images:
             s, f = downscale(im, scale)
             imgs.append(s)
             facs.append(f)
-        return cls(imgs, facs, np.asarray(points, dtype=np.float64),
-                   np.asarray(trusted, dtype=bool))
+            if coarse_scale:
+                c, cf = downscale(im, coarse_scale)
+                cimgs.append(c)
+                cfacs.append(cf)
+        pts = np.asarray(points, dtype=np.float64)
+        tr = np.asarray(trusted, dtype=bool)
+        coarse = cls(cimgs, cfacs, pts, tr) if coarse_scale else None
+        return cls(imgs, facs, pts, tr, coarse)
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(trusted pairs, pseudo pairs), each (P, 2) of [image, landmark]."""
