@@ -55,3 +55,108 @@ def test_stage2_job_writes_predictions_and_never_overwrites_trusted_points(tmp_p
     with store.Project.open(lmk) as p:
         assert p.run(run2).status == "finished"
         assert all(q.run_id == run2 for q in p.points(others[1]) if q.placed)
+
+
+class _FakeRun:
+    def __init__(self, id, kind, config):
+        self.id, self.kind, self.config = id, kind, config
+        self.status, self.metrics, self.checkpoints, self.timings = "running", {}, {}, {}
+
+
+class _FakeProject:
+    """The subset of the core.store.Project contract the Stage II jobs use, in memory."""
+
+    def __init__(self, path, n_lm, image_paths):
+        from types import SimpleNamespace
+
+        self.path = path
+        self.template = [None] * n_lm
+        self._images = [SimpleNamespace(id=i + 1, path=p, name=f"img{i}", spacing=None)
+                        for i, p in enumerate(image_paths)]
+        from lmk_studio.core.points import LandmarkPoint
+
+        self._pts = {r.id: [LandmarkPoint(j, None, None) for j in range(n_lm)]
+                     for r in self._images}
+        self._runs, self._preds = [], {}
+
+    def images(self):
+        return list(self._images)
+
+    def points(self, iid):
+        return list(self._pts[iid])
+
+    def all_points(self):
+        return {k: list(v) for k, v in self._pts.items()}
+
+    def set_points(self, rows):
+        for iid, p in rows:
+            self._pts[iid][p.index] = p
+
+    def runs(self):
+        return list(self._runs)
+
+    def start_run(self, kind, config):
+        self._runs.append(_FakeRun(len(self._runs) + 1, kind, config))
+        return len(self._runs)
+
+    def run(self, rid):
+        return self._runs[rid - 1]
+
+    def finish_run(self, rid, status, metrics=None, checkpoints=None, timings=None):
+        r = self._runs[rid - 1]
+        r.status, r.metrics = status, metrics or {}
+        r.checkpoints, r.timings = checkpoints or {}, timings or {}
+
+    def record_predictions(self, rid, rows):
+        d = self._preds.setdefault(rid, {})
+        for iid, p in rows:
+            d.setdefault(iid, []).append(p)
+
+    def predictions(self, rid):
+        return self._preds.get(rid, {})
+
+
+def test_stage2_job_logic_on_an_in_memory_project(tmp_path, monkeypatch) -> None:
+    """Start points from the newest classical run; exemplar/corrected/absent never overwritten."""
+    from test_stage2_training import _phantoms
+
+    from lmk_studio.core.points import LandmarkPoint
+    from lmk_studio.engine.stage2 import job
+
+    imgs, truth = _phantoms(5, seed=0)
+    n = truth.shape[1]
+    paths = [tmp_path / f"im{i}.png" for i in range(len(imgs))]
+    by_path = {str(p): im for p, im in zip(paths, imgs, strict=True)}
+    monkeypatch.setattr(job, "_load_levels",
+                        lambda path, cfg: (by_path[str(path)], (1.0, 1.0), None, None))
+    proj = _FakeProject(tmp_path / "p.lmk", n, paths)
+    proj.set_points([(1, LandmarkPoint(j, *truth[0, j], Status.EXEMPLAR, Source.MANUAL))
+                     for j in range(n)])
+    rid0 = proj.start_run("classical", {})
+    rng = np.random.default_rng(0)
+    proj.record_predictions(rid0, [
+        (i + 1, LandmarkPoint(j, *(truth[i, j] + rng.normal(0, 2, 2)), Status.PREDICTED,
+                              Source.CLASSICAL)) for i in range(1, 5) for j in range(n)])
+    proj.finish_run(rid0, "finished")
+    proj.set_points([(2, LandmarkPoint(0, 7.0, 8.0, Status.CORRECTED, Source.MANUAL)),
+                     (3, LandmarkPoint(1, None, None, Status.ABSENT))])
+    preset = tmp_path / "tiny.json"
+    preset.write_text(json.dumps({"detector": {"kind": "unet", "base": 8, "depth": 2},
+                                  "patch": 32, "scale": 1.0, "sigma": 1.5, "steps": 4,
+                                  "steps_per_epoch": 2, "batch_trusted": 4, "batch_pseudo": 4,
+                                  "calib_warps": 1, "tolerance_px": 6.0}))
+    rid = job.train_stage2_job(proj, preset=str(preset), device="cpu", seed=0)
+    run = proj.run(rid)
+    assert run.status == "finished", run.metrics
+    assert "classical" in run.config["start_points"]
+    assert all(p.status is Status.EXEMPLAR for p in proj.points(1))
+    assert proj.points(2)[0].status is Status.CORRECTED and proj.points(2)[0].x == 7.0
+    assert proj.points(3)[1].status is Status.ABSENT
+    new = [p for p in proj.points(4) if p.placed]
+    assert len(new) == n and all(p.source is Source.STAGE2 and p.run_id == rid for p in new)
+    assert all(0 <= p.confidence <= 1 and p.expected_error_px > 0 for p in new)
+    assert len(proj.predictions(rid)[4]) == n
+    rid2 = job.predict_stage2_job(proj, device="cpu", images=[5])
+    assert proj.run(rid2).status == "finished"
+    assert all(p.run_id == rid2 for p in proj.points(5))
+    assert all(p.run_id == rid for p in proj.points(4))
