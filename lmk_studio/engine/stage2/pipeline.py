@@ -96,7 +96,9 @@ def fit_stage2(data: Stage2Data, n_landmarks: int, cfg: Stage2Config, *, seed: i
     t2 = time.monotonic()
     untrusted = ~data.trusted & np.isfinite(pts).all(axis=-1)
     move = np.linalg.norm(pts - data.points, axis=-1)[untrusted]
-    model.calibration = calibrate(model, data, move, seed=seed)
+    unl_feats = np.concatenate([features(raws[i])[untrusted[i]] for i in range(len(raws))
+                                if raws[i] is not None]) if untrusted.any() else None
+    model.calibration = calibrate(model, data, move, seed=seed, unlabelled_features=unl_feats)
     t3 = time.monotonic()
     m = len(data.images)
     conf = np.full((m, n_landmarks), np.nan)
