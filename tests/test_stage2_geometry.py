@@ -95,3 +95,29 @@ def test_small_loss_selection_keeps_the_clean_pseudo_labels() -> None:
         kept = select_small_loss(s, keep=0.7).numpy()
         assert len(kept) == 28
         assert not corrupted[kept].any()
+
+
+class _TwoPeaks(torch.nn.Module):
+    """Fake detector: a strong peak at patch (8, 8) and a weaker one at (22, 22), 1 channel."""
+
+    stride = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pts = torch.tensor([[[8.0, 8.0]], [[22.0, 22.0]]])
+        g = gaussian_heatmaps(pts, (32, 32), 1.5)[:, 0]
+        return (g[0] + 0.7 * g[1]).expand(x.shape[0], 1, 32, 32)
+
+
+def test_start_point_prior_prefers_the_peak_near_stage_one() -> None:
+    from lmk_studio.engine.stage2.model import Stage2Model
+
+    img = np.zeros((64, 64), np.float32)
+    start = np.array([[37.0, 37.0]])   # patch origin 21.5: strong peak at 29.5, weak at 43.5
+    got = {}
+    for prior in (0.0, 6.0):
+        cfg = Stage2Config(patch=32, sigma=1.5, infer_iterations=1, tta_shift=0.0,
+                           prior_px=prior)
+        model = Stage2Model(cfg, 1, [_TwoPeaks()])
+        got[prior] = model.predict_down(img, (1.0, 1.0), start).points[0]
+    assert np.allclose(got[0.0], 29.5, atol=0.05)       # no prior: the strongest peak
+    assert np.all(got[6.0] > 40.0), got[6.0]            # prior: the peak nearer Stage I

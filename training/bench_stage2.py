@@ -215,6 +215,7 @@ def child(args: argparse.Namespace) -> None:
     res = fit_stage2(data, N_LM, cfg, seed=args.seed, spacing=[(MM_PER_PX, MM_PER_PX)] * 120)
     wall = time.monotonic() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    res.model.save(Path(args.out).with_suffix(".model.pt"))
     np.savez(args.out, points=res.points, confidence=res.confidence,
              expected=res.expected_error_px, features=res.features,
              info=json.dumps({"wall_s": wall, "peak_rss_mb": rss, "timings": res.timings,

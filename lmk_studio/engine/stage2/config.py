@@ -48,6 +48,9 @@ class Stage2Config:
     infer_iterations: int = 2       # re-centre the patch on the prediction and predict again
     tta_shift: float = 4.0          # patch px; 4 shifted views give the TTA spread signal
     decode: str = "gaussian"
+    prior_px: float = 0.0           # Gaussian prior (sigma, orig px) around this level's start
+                                    # point, multiplied into the heatmap: MAP instead of ML, so
+                                    # a look-alike structure far from Stage I cannot win; 0 = off
     calib_warps: int = 6            # synthetic warps per trusted image for confidence fitting
     tolerance_mm: float = 2.0       # confidence = 1/(1+(E/tol)^2); tol in px when no spacing
     tolerance_px: float = 16.0

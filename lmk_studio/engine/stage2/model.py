@@ -18,7 +18,7 @@ from .config import Stage2Config
 from .decode import decode_heatmaps
 from .detectors import build_detector
 from .trainer import down_to_orig, orig_to_down
-from .views import heatmap_to_input, warp
+from .views import gaussian_heatmaps, heatmap_to_input, warp
 
 
 @dataclass
@@ -81,17 +81,23 @@ class Stage2Model:
     # ---- inference ---------------------------------------------------------------------------
     @torch.no_grad()
     def _run(self, img: torch.Tensor, centers: np.ndarray, offsets: np.ndarray,
-             lms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Patches at centers[j] + offsets[v] for landmarks lms -> points (V,K,L,2) down px."""
+             lms: np.ndarray, anchors: np.ndarray | None = None, prior_sigma: float = 0.0,
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Patches at centers[j] + offsets[v] for landmarks lms -> points (V,K,L,2) down px.
+
+        With a prior, each heatmap is multiplied by a Gaussian (sigma in down px) around the
+        landmark's anchor (its start point at this level)."""
         p = self.cfg.patch
         half = (p - 1) / 2.0
-        mats, chans = [], []
+        mats, chans, anc = [], [], []
         for off in offsets:
-            for j, c in zip(lms, centers, strict=True):
+            for k, (j, c) in enumerate(zip(lms, centers, strict=True)):
                 m = np.eye(3)
                 m[:2, 2] = c + off - half
                 mats.append(m)
                 chans.append(j)
+                if anchors is not None:
+                    anc.append(anchors[k] - m[:2, 2])
         mt = torch.as_tensor(np.array(mats), dtype=torch.float32, device=self.device)
         src = img.expand(len(mats), -1, -1, -1)
         patches = warp(src, mt, (p, p), padding="border")
@@ -100,6 +106,8 @@ class Stage2Model:
         pts, peaks, spreads = [], [], []
         for net in self.nets:
             hm = net(patches)[torch.arange(len(mats), device=self.device), chan][:, None]
+            if anchors is not None and prior_sigma > 0:
+                hm = hm.clamp(min=0) * self._prior(np.array(anc), hm.shape[-2:], prior_sigma)
             d = decode_heatmaps(hm, method=self.cfg.decode)
             q = heatmap_to_input(d.points[:, 0].double().cpu().numpy(), self.stride)
             q = q + (np.array(mats)[:, :2, 2])
@@ -107,6 +115,14 @@ class Stage2Model:
             peaks.append(d.peak[:, 0].cpu().numpy().reshape(v, ll))
             spreads.append(d.spread[:, 0].cpu().numpy().reshape(v, ll) * self.stride)
         return (np.stack(pts, axis=1), np.stack(peaks, axis=1), np.stack(spreads, axis=1))
+
+    def _prior(self, anchors_in: np.ndarray, hw: tuple[int, int], sigma: float) -> torch.Tensor:
+        """(B,1,h,w) Gaussian around anchors (patch input px) on the heatmap grid; the floor
+        keeps a peak far from the anchor decodable (it only loses, it does not vanish)."""
+        s = self.stride
+        a = torch.as_tensor((anchors_in - (s - 1) / 2) / s, dtype=torch.float32)[:, None]
+        g = gaussian_heatmaps(a, tuple(hw), sigma / s)
+        return (g + 1e-4).to(self.device)
 
     def predict_down(self, down: np.ndarray, factor: tuple[float, float],
                      init_orig: np.ndarray, coarse_down: np.ndarray | None = None,
@@ -134,13 +150,15 @@ class Stage2Model:
         img = torch.from_numpy(np.ascontiguousarray(down, dtype=np.float32))[None, None].to(
             self.device)
         centers = orig_to_down(init_orig[lms], factor)
+        anchors = centers.copy()
+        prior = cfg.prior_px / float(np.sqrt(factor[0] * factor[1])) if cfg.prior_px > 0 else 0.0
         s = cfg.tta_shift
         tta = np.array([[0, 0], [s, s], [-s, s], [s, -s], [-s, -s]], dtype=np.float64)
         iters = max(1, cfg.infer_iterations)
         for it in range(iters):
             last = it == iters - 1
             offs = tta if (last and s > 0) else tta[:1]
-            pts, peaks, spreads = self._run(img, centers, offs, lms)
+            pts, peaks, spreads = self._run(img, centers, offs, lms, anchors, prior)
             if not last:
                 centers = pts[0].mean(axis=0)
         k = len(self.nets)
