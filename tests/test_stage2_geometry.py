@@ -121,3 +121,19 @@ def test_start_point_prior_prefers_the_peak_near_stage_one() -> None:
         got[prior] = model.predict_down(img, (1.0, 1.0), start).points[0]
     assert np.allclose(got[0.0], 29.5, atol=0.05)       # no prior: the strongest peak
     assert np.all(got[6.0] > 40.0), got[6.0]            # prior: the peak nearer Stage I
+
+
+def test_bundled_presets_load_and_unknown_keys_are_refused(tmp_path) -> None:
+    from lmk_studio.core.errors import LmkError
+    from lmk_studio.engine.stage2.config import load_preset
+
+    for name in ("quick", "cpu", "paper"):
+        cfg = load_preset(name)
+        assert cfg.name == name and cfg.steps > 0
+    assert load_preset("paper").detector["kind"] == "hrnet"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"stepz": 3}')
+    with pytest.raises(LmkError, match="stepz"):
+        load_preset(bad)
+    with pytest.raises(LmkError, match="not found"):
+        load_preset("no-such-preset")

@@ -68,8 +68,14 @@ class HRNetHeatmap(nn.Module):
             raise RuntimeError(
                 "the 'paper' Stage II preset needs timm (pip install 'lmk_studio[timm]')") from exc
         self.stride = 4
-        self.backbone = timm.create_model(name, pretrained=pretrained, features_only=True,
-                                          out_indices=(1, 2, 3, 4))
+        try:
+            self.backbone = timm.create_model(name, pretrained=pretrained, features_only=True,
+                                              out_indices=(1, 2, 3, 4))
+        except Exception as exc:  # weights download / cache problems
+            raise RuntimeError(
+                f"cannot build {name} (pretrained={pretrained}): {exc}. Pretrained weights are "
+                "fetched by timm from the Hugging Face hub once; offline, pre-fill the timm "
+                "cache or set \"pretrained\": false in the preset") from exc
         chans = sum(self.backbone.feature_info.channels())
         self.head = nn.Sequential(nn.Conv2d(chans, chans, 1), nn.BatchNorm2d(chans),
                                   nn.ReLU(inplace=True), nn.Conv2d(chans, n_out, 1))
