@@ -1,0 +1,234 @@
+"""Stage I jobs on a project store: train the learned registration and write its pseudo-landmarks
+(Status.PREDICTED, Source.STAGE1) with per-landmark confidence; never overwrite the exemplar, an
+accepted or corrected point, or a point the user marked absent."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmk_studio.core.errors import LmkError
+from lmk_studio.core.points import LandmarkPoint, Source, Status
+from lmk_studio.engine.common import (
+    Cancelled,
+    CancelToken,
+    ProgressCallback,
+    ProgressEvent,
+    no_progress,
+    seed_everything,
+    select_device,
+)
+
+from .config import load_preset
+from .pipeline import Stage1Result, fit_stage1
+
+RUN_KIND = "stage1"
+_CLASSICAL_KINDS = ("classical", "preview", "stage0")
+_DONE = ("finished", "done", "ok", "completed")
+
+
+def _open(project: Any):
+    if isinstance(project, str | Path):
+        from lmk_studio.core.store import Project
+
+        return Project.open(Path(project)), True
+    return project, False
+
+
+def model_dir(project) -> Path:
+    return Path(str(project.path) + ".models")
+
+
+def load_normalized(path: Path) -> np.ndarray:
+    """The engine's view of an image: float32 HxW in [0, 1] (core.images when present)."""
+    try:
+        from lmk_studio.core.images import load_image
+    except ImportError:
+        import cv2
+
+        im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if im is None:
+            raise LmkError(f"{path}: cannot read the image") from None
+        if im.ndim == 3:
+            im = cv2.cvtColor(im, cv2.COLOR_BGR2GRAY)
+        return im.astype(np.float32) / float(np.iinfo(im.dtype).max)
+    return load_image(path).normalized()
+
+
+def _classical_points(proj, ids: Sequence[int], n: int) -> np.ndarray | None:
+    """Points of the newest finished classical preview run, if any."""
+    for r in sorted(proj.runs(), key=lambda r: r.id, reverse=True):
+        if r.kind in _CLASSICAL_KINDS and r.status in _DONE:
+            preds = proj.predictions(r.id)
+            out = np.full((len(ids), n, 2), np.nan)
+            for k, iid in enumerate(ids):
+                for p in preds.get(iid, []):
+                    if p.x is not None and p.y is not None:
+                        out[k, p.index] = (p.x, p.y)
+            if np.isfinite(out).any():
+                return out
+    return None
+
+
+def train_stage1_job(project: Any, preset: str | None = "cpu", device: str = "auto",
+                     resume: bool = False, seed: int | None = None,
+                     progress: ProgressCallback = no_progress,
+                     cancel: CancelToken | None = None) -> int:
+    """Train Stage I on the project's folder, write pseudo-landmarks, return the run id."""
+    proj, owned = _open(project)
+    try:
+        return _train(proj, preset, device, resume, seed, progress, cancel)
+    finally:
+        if owned:
+            proj.close()
+
+
+def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
+    cfg = load_preset(preset)
+    dev = select_device(device)
+    seed = 0 if seed is None else int(seed)
+    seed_everything(seed)
+    n = len(proj.template)
+    records = proj.images()
+    ex_id = proj.exemplar_id
+    if ex_id is None:
+        raise LmkError(f"{proj.path}: no exemplar: mark the landmarks on one image first")
+    prev_dir = None
+    if resume:
+        for r in sorted(proj.runs(), key=lambda r: r.id, reverse=True):
+            if r.kind == RUN_KIND and r.status in ("cancelled", "running", "failed"):
+                c = (r.checkpoints or {}).get("dir")
+                if c and Path(c).exists():
+                    prev_dir = Path(c)
+                break
+    run_id = proj.start_run(RUN_KIND, {"preset": cfg.name, "stage1": cfg.to_dict(), "seed": seed,
+                                       "device": str(dev),
+                                       "resumed_from": str(prev_dir) if prev_dir else None})
+    ckdir = prev_dir or (model_dir(proj) / f"stage1_run{run_id}")
+    try:
+        full, used, faults = [], [], []
+        for k, rec in enumerate(records):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            try:
+                full.append(load_normalized(rec.path))
+                used.append(rec)
+            except LmkError as exc:
+                faults.append(str(exc))
+            progress(ProgressEvent(stage="stage1-load", epoch=0, epochs=1, step=k + 1,
+                                   steps=len(records), message=f"loading {rec.name}"))
+        ids = [r.id for r in used]
+        if ex_id not in ids:
+            raise LmkError(f"{proj.path}: the exemplar image could not be loaded")
+        ex = ids.index(ex_id)
+        ex_pts = np.full((n, 2), np.nan)
+        for p in proj.points(ex_id):
+            if p.placed:
+                ex_pts[p.index] = (p.x, p.y)
+        if not np.isfinite(ex_pts).all(-1).any():
+            raise LmkError(f"{proj.path}: the exemplar has no placed landmarks")
+        start = _classical_points(proj, ids, n) if cfg.start == "classical" else None
+        if start is not None:
+            start[ex] = ex_pts
+        res = fit_stage1(full, ex, ex_pts, cfg, seed, dev, progress, cancel, ckdir,
+                         prev_dir is not None, start)
+        paths = {}
+        for name, net in res.models.items():
+            path = ckdir / f"{name}_model.pt"
+            torch.save({"state": net.state_dict(), "config": cfg.to_dict()}, path)
+            paths[name] = str(path)
+        written = _write(proj, run_id, used, ex, res)
+        proj.finish_run(run_id, "finished",
+                        metrics={"images": len(used), "points_written": written, "faults": faults,
+                                 "notes": res.notes,
+                                 "mean_confidence": float(np.nanmean(res.confidence)),
+                                 "selection": "label-free: held-out esim+global loss"},
+                        checkpoints={"dir": str(ckdir), **paths}, timings=res.timings)
+        return run_id
+    except Cancelled:
+        proj.finish_run(run_id, "cancelled", checkpoints={"dir": str(ckdir)})
+        raise
+    except BaseException as exc:
+        proj.finish_run(run_id, "failed", metrics={"error": str(exc)},
+                        checkpoints={"dir": str(ckdir)})
+        raise
+
+
+def _write(proj, run_id: int, records, ex: int, res: Stage1Result) -> int:
+    history, rows = [], []
+    for i, rec in enumerate(records):
+        if i == ex:
+            continue
+        current = {p.index: p for p in proj.points(rec.id)}
+        for j in range(res.points.shape[1]):
+            if not np.isfinite(res.points[i, j]).all():
+                continue
+            lp = LandmarkPoint(j, float(res.points[i, j, 0]), float(res.points[i, j, 1]),
+                               Status.PREDICTED, Source.STAGE1, float(res.confidence[i, j]),
+                               None, run_id)
+            history.append((rec.id, lp))
+            cur = current.get(j)
+            if cur is not None and (cur.status.is_trusted or cur.status is Status.ABSENT):
+                continue
+            rows.append((rec.id, lp))
+    proj.record_predictions(run_id, history)
+    proj.set_points(rows)
+    return len(rows)
+
+
+def predict_stage1_job(project: Any, device: str = "auto",
+                       progress: ProgressCallback = no_progress,
+                       cancel: CancelToken | None = None,
+                       images: Sequence[int] | None = None) -> int:
+    """Re-run the newest trained Stage I model (its preset, no training) on some or all images.
+
+    The learned passes need the training folder only for their weights, so this re-uses the
+    newest finished run's saved models with epochs=0.
+    """
+    proj, owned = _open(project)
+    try:
+        src = None
+        for r in sorted(proj.runs(), key=lambda r: r.id, reverse=True):
+            if r.kind == RUN_KIND and r.status in _DONE:
+                src = r
+                break
+        if src is None:
+            raise LmkError(f"{proj.path}: no trained Stage I model yet: train Stage I first")
+        from .config import Stage1Config
+        from .pipeline import predict_with_models
+
+        cfg = Stage1Config.from_dict(src.config["stage1"])
+        dev = select_device(device)
+        n = len(proj.template)
+        records = proj.images()
+        ex_id = proj.exemplar_id
+        wanted = set(images) if images is not None else None
+        recs = [r for r in records if r.id == ex_id or wanted is None or r.id in wanted]
+        run_id = proj.start_run("stage1-predict", {"model_run": src.id, "device": str(dev)})
+        try:
+            full = [load_normalized(r.path) for r in recs]
+            ids = [r.id for r in recs]
+            ex = ids.index(ex_id)
+            ex_pts = np.full((n, 2), np.nan)
+            for p in proj.points(ex_id):
+                if p.placed:
+                    ex_pts[p.index] = (p.x, p.y)
+            start = _classical_points(proj, ids, n) if cfg.start == "classical" else None
+            res = predict_with_models(full, ex, ex_pts, cfg, src.checkpoints, dev, start,
+                                      progress, cancel)
+            written = _write(proj, run_id, recs, ex, res)
+        except Cancelled:
+            proj.finish_run(run_id, "cancelled")
+            raise
+        except BaseException as exc:
+            proj.finish_run(run_id, "failed", metrics={"error": str(exc)})
+            raise
+        proj.finish_run(run_id, "finished", metrics={"points_written": written})
+        return run_id
+    finally:
+        if owned:
+            proj.close()

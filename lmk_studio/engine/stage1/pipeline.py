@@ -1,0 +1,220 @@
+"""Stage I end to end on arrays: start points (learned coarse pass or the classical result),
+optional learned refinement on landmark crops, per-landmark confidence. Store-free, so the job,
+the benchmark and the tests share it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from lmk_studio.engine.common import CancelToken, ProgressCallback, ProgressEvent, no_progress
+
+from .config import PassConfig, Stage1Config
+from .trainer import PassData, PassTrainer, downscale, full_to_small, resize_to, small_to_full
+
+
+@dataclass
+class Stage1Result:
+    points: np.ndarray                       # (M, N, 2) full-res px (exemplar row = its labels)
+    confidence: np.ndarray                   # (M, N) in [0, 1]
+    step_disagreement_px: np.ndarray         # (M, N) full px between the train-depth and final step
+    start_points: np.ndarray | None = None   # what the refinement started from
+    timings: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    history: dict = field(default_factory=dict)
+    models: dict = field(default_factory=dict)
+
+
+def ecc_globals(images: list[np.ndarray], ex: int) -> dict[int, np.ndarray]:
+    """Classical global step (the paper's 'sift' row): ECC affine per image, as a normalised
+    2x3 matrix mapping the image's coordinates to the exemplar's."""
+    out = {}
+    a = images[ex]
+    h, w = a.shape
+    n = np.array([[2 / (w - 1), 0, -1], [0, 2 / (h - 1), -1], [0, 0, 1]])
+    for k, b in enumerate(images):
+        warp = np.eye(2, 3, dtype=np.float32)
+        if k != ex:
+            try:
+                _, warp = cv2.findTransformECC(a, b, warp, cv2.MOTION_AFFINE,
+                                               (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT,
+                                                100, 1e-5), None, 5)
+            except cv2.error:
+                warp = np.eye(2, 3, dtype=np.float32)
+        t = n @ np.vstack([warp, [0, 0, 1]]) @ np.linalg.inv(n)     # exemplar -> image k
+        out[k] = np.linalg.inv(t)[:2].astype(np.float32)
+    return out
+
+
+def classical_start(full: list[np.ndarray], ex: int, ex_pts: np.ndarray,
+                    cancel: CancelToken | None = None) -> tuple[np.ndarray, str]:
+    """The classical preview (engine.classical) as the refinement's starting point."""
+    from lmk_studio.engine.classical import classical_propagate
+
+    pts = np.full((len(full), *ex_pts.shape), np.nan)
+    for k, img in enumerate(full):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        if k == ex:
+            pts[k] = ex_pts
+            continue
+        out = classical_propagate(full[ex], ex_pts, img)
+        pts[k] = out[0] if isinstance(out, tuple) else out
+    return pts, "engine.classical.classical_propagate"
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    d = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / d) if d > 1e-9 else 0.0
+
+
+def _patch(img: np.ndarray, c: np.ndarray, r: int) -> np.ndarray:
+    m = np.float32([[1, 0, c[0] - r], [0, 1, c[1] - r]])
+    return cv2.warpAffine(img, m, (2 * r + 1, 2 * r + 1), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REFLECT)
+
+
+def confidence(full_small: list[np.ndarray], scale: float, ex: int, ex_pts: np.ndarray,
+               pts: np.ndarray, disagreement: np.ndarray, radius: int = 12,
+               tol_px: float = 8.0) -> np.ndarray:
+    """Per landmark: local NCC of exemplar vs target patch (at 1/scale) x agreement of the
+    train-depth and final local steps (exp(-d / tol))."""
+    conf = np.zeros(pts.shape[:2])
+    e_s = (ex_pts + 0.5) / scale - 0.5
+    for k, img in enumerate(full_small):
+        for j in range(pts.shape[1]):
+            if k == ex or not np.isfinite(pts[k, j]).all():
+                conf[k, j] = 1.0 if k == ex else 0.0
+                continue
+            p = (pts[k, j] + 0.5) / scale - 0.5
+            ncc = _ncc(_patch(full_small[ex], e_s[j], radius), _patch(img, p, radius))
+            d = disagreement[k, j] if np.isfinite(disagreement[k, j]) else tol_px
+            conf[k, j] = max(0.0, ncc) * float(np.exp(-d / tol_px))
+    return conf
+
+
+def _pass(cfg: PassConfig, data: PassData, mode: str, seed: int, device, progress, cancel,
+          ckpt: Path | None, resume: bool, stage: str, given=None,
+          init: str | None = None) -> PassTrainer:
+    tr = PassTrainer(cfg, data, mode, seed, device, stage, given)
+    if init is not None:
+        tr.net.load_state_dict(torch.load(init, map_location="cpu", weights_only=False)["state"])
+    if tr.net.pretrained_note:
+        progress(ProgressEvent(stage=stage, epoch=0, epochs=cfg.epochs, step=0,
+                               steps=cfg.steps_per_epoch, message=tr.net.pretrained_note))
+    tr.fit(progress, cancel, ckpt, resume)
+    return tr
+
+
+def fit_stage1(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, cfg: Stage1Config,
+               seed: int = 0, device: torch.device | str = "cpu",
+               progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
+               checkpoint_dir: Path | None = None, resume: bool = False,
+               start_points: np.ndarray | None = None,
+               init_models: dict | None = None) -> Stage1Result:
+    """full: float32 images in [0, 1] at full resolution (or any common resolution)."""
+    t0 = time.monotonic()
+    torch.set_num_threads(max(1, min(cfg.torch_threads, torch.get_num_threads())))
+    n = ex_pts.shape[0]
+    m = len(full)
+    notes: list[str] = []
+    timings: dict[str, float] = {}
+    history: dict[str, list] = {}
+    models: dict[str, object] = {}
+    known = np.zeros(m, dtype=bool)
+    known[ex] = True
+    det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        steps_final = np.full((m, n, 2), np.nan)
+        steps_train = np.full((m, n, 2), np.nan)
+        if cfg.start == "classical" and start_points is None:
+            try:
+                start_points, src = classical_start(full, ex, ex_pts, cancel)
+                notes.append(f"refinement starts from {src}")
+            except ImportError:
+                notes.append("engine.classical is not available: the learned coarse pass is "
+                             "used as the start instead")
+        if start_points is not None:
+            pts = np.array(start_points, dtype=np.float64)
+            pts[ex] = ex_pts
+            timings["start_s"] = time.monotonic() - t0
+        else:
+            c = cfg.coarse
+            if c is None:
+                raise ValueError("no start points and no coarse pass configured")
+            t1 = time.monotonic()
+            small = [resize_to(im, c.size) for im in full]
+            hw = [im.shape for im in full]
+            p_small = np.full((m, n, 2), np.nan)
+            p_small[ex] = full_to_small(ex_pts, hw[ex], c.size)
+            given = ecc_globals(small, ex) if c.global_type == "classical" else None
+            tr = _pass(c, PassData(small, p_small, known, ex), "whole", seed, device, progress,
+                       cancel, checkpoint_dir / "coarse.pt" if checkpoint_dir else None, resume,
+                       "stage1-coarse", given, (init_models or {}).get("coarse"))
+            targets = [k for k in range(m) if k != ex]
+            pred, steps = tr.predict(targets)
+            pts = np.full((m, n, 2), np.nan)
+            pts[ex] = ex_pts
+            for k in targets:
+                pts[k] = small_to_full(pred[k], hw[k], c.size)
+                steps_final[k] = pts[k]
+                steps_train[k] = small_to_full(steps[k][min(c.n_local_train, len(steps[k]) - 1)],
+                                               hw[k], c.size)
+            notes.append(tr.net.pretrained_note)
+            history["coarse"] = tr.history
+            models["coarse"] = tr.net
+            timings["coarse_s"] = time.monotonic() - t1
+        start = pts.copy()
+        r = cfg.refine
+        conf_scale = cfg.coarse.scale if cfg.coarse is not None else 4.0
+        if r is not None:
+            t1 = time.monotonic()
+            conf_scale = r.scale
+            small = [downscale(im, r.scale) for im in full]
+            p_small = np.stack([(pts[k] + 0.5) / r.scale - 0.5 for k in range(m)])
+            tr = _pass(r, PassData(small, p_small, known, ex), "crop", seed + 1, device, progress,
+                       cancel, checkpoint_dir / "refine.pt" if checkpoint_dir else None, resume,
+                       "stage1-refine", None, (init_models or {}).get("refine"))
+            # predict from the ORIGINAL start (the EMA points were the training state)
+            tr.ema = p_small.copy()
+            targets = [k for k in range(m) if k != ex]
+            pred, steps = tr.predict(targets)
+            for k in targets:
+                pts[k] = (pred[k] + 0.5) * r.scale - 0.5
+                steps_final[k] = pts[k]
+                steps_train[k] = (steps[k][min(r.n_local_train, len(steps[k]) - 1)] + 0.5) \
+                    * r.scale - 0.5
+            notes.append(tr.net.pretrained_note)
+            history["refine"] = tr.history
+            models["refine"] = tr.net
+            timings["refine_s"] = time.monotonic() - t1
+        dis = np.linalg.norm(steps_final - steps_train, axis=-1)
+        small = [downscale(im, conf_scale) for im in full]
+        conf = confidence(small, conf_scale, ex, ex_pts, pts, dis, tol_px=2 * conf_scale)
+        timings["total_s"] = time.monotonic() - t0
+        return Stage1Result(pts, conf, dis, start, timings, [x for x in notes if x], history,
+                            models)
+    finally:
+        torch.use_deterministic_algorithms(det)
+
+
+def predict_with_models(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, cfg: Stage1Config,
+                        model_paths: dict, device, start_points: np.ndarray | None = None,
+                        progress: ProgressCallback = no_progress,
+                        cancel: CancelToken | None = None) -> Stage1Result:
+    """Inference only: the saved pass models, zero training epochs."""
+    d = cfg.to_dict()
+    for k in ("coarse", "refine"):
+        if d[k] is not None:
+            d[k]["epochs"] = 0
+    c0 = Stage1Config.from_dict(d)
+    return fit_stage1(full, ex, ex_pts, c0, 0, device, progress, cancel, None, False,
+                      start_points, {k: v for k, v in model_paths.items()
+                                     if k in ("coarse", "refine")})
