@@ -1,0 +1,194 @@
+"""One entry point for every engine job, shared by the CLI and the GUI's training process.
+
+`run_job` opens the project once, checks the job and its presets before any work starts (a typo
+in a preset name should not cost a finished classical pass), then runs the stage jobs in order.
+Qt-free; the stage modules are imported lazily so that asking for the job list is cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lmk_studio.core.errors import LmkError
+from lmk_studio.engine.common import CancelToken, ProgressCallback, ProgressEvent, no_progress
+
+log = logging.getLogger("lmk_studio.engine.jobs")
+
+#: job name -> words for the user (the GUI's job picker shows these)
+JOBS: dict[str, str] = {
+    "all": "Everything: classical preview, Stage I, Stage II",
+    "classical": "Classical preview (instant)",
+    "stage1": "Stage I: learned registration (EGT)",
+    "stage2": "Stage II: co-trained detectors (C2T)",
+    "predict-stage1": "Predict with the trained Stage I model",
+    "predict-stage2": "Predict with the trained Stage II model",
+}
+#: run kinds each job may create (the process runner uses them to tidy up after a crash)
+RUN_KINDS: dict[str, tuple[str, ...]] = {
+    "all": ("classical", "stage1", "stage2"),
+    "classical": ("classical",),
+    "stage1": ("stage1",),
+    "stage2": ("stage2",),
+    "predict-stage1": ("stage1-predict",),
+    "predict-stage2": ("stage2-predict",),
+}
+BUNDLED_PRESETS = ("quick", "cpu", "paper")
+_FINISHED = ("finished", "done", "ok", "completed")
+#: a ProgressEvent with this stage name announces which step of a job is starting
+JOB_STAGE = "job"
+
+Preset = str | Path | Mapping[str, Any] | None
+
+
+def _is_file_preset(preset: Any) -> bool:
+    return isinstance(preset, str | Path) and Path(preset).suffix.lower() == ".json"
+
+
+def stage_presets(job: str, preset: Preset) -> dict[str, str | None]:
+    """The preset each training stage of `job` will use; raises LmkError for a bad combination.
+
+    `preset` is a bundled name ("quick", "cpu", "paper"), a JSON file of one stage, or a mapping
+    {"stage1": ..., "stage2": ...}. A single file for "all" is refused: a preset file describes
+    one stage, and silently using it for the other would fail late or train the wrong thing.
+    """
+    if job not in JOBS:
+        raise LmkError(f"unknown job {job!r}: use one of {', '.join(JOBS)}")
+    stages = {"all": ("stage1", "stage2"), "stage1": ("stage1",), "stage2": ("stage2",)}
+    wanted = stages.get(job, ())
+    if isinstance(preset, Mapping):
+        bad = set(preset) - {"stage1", "stage2"}
+        if bad:
+            raise LmkError(f"preset mapping: unknown keys {sorted(bad)} (use stage1, stage2)")
+        return {s: (None if preset.get(s) is None else str(preset[s])) for s in wanted}
+    if job == "all" and _is_file_preset(preset):
+        raise LmkError(f"{preset}: a preset file describes one stage; for 'all' pick a bundled "
+                       f"preset ({', '.join(BUNDLED_PRESETS)}) or train Stage I and Stage II "
+                       "separately with their own files")
+    return {s: (None if preset is None else str(preset)) for s in wanted}
+
+
+def check_presets(job: str, preset: Preset) -> dict[str, str | None]:
+    """Load (and so validate) every preset the job needs; LmkError names the bad one."""
+    chosen = stage_presets(job, preset)
+    if "stage1" in chosen:
+        from lmk_studio.engine.stage1 import load_preset as load1
+
+        load1(chosen["stage1"])
+    if "stage2" in chosen:
+        from lmk_studio.engine.stage2 import load_preset as load2
+
+        load2(chosen["stage2"])
+    return chosen
+
+
+def _open(project: Any):
+    if isinstance(project, str | Path):
+        from lmk_studio.core.store import Project
+
+        path = Path(project)
+        if not path.exists():
+            raise LmkError(f"{path}: no such project file")
+        return Project.open(path), True
+    return project, False
+
+
+def has_finished_run(project: Any, kinds: Sequence[str]) -> bool:
+    """True when the project holds a finished run of one of `kinds`."""
+    return any(r.kind in kinds and r.status in _FINISHED for r in project.runs())
+
+
+def _newest(project: Any, kinds: Sequence[str]):
+    runs = [r for r in project.runs() if r.kind in kinds]
+    return max(runs, key=lambda r: r.id) if runs else None
+
+
+def _plan(proj: Any, job: str, resume: bool) -> list[str]:
+    """Steps of the job in order. For "all": the classical preview only when none finished yet;
+    with resume, a Stage I that already finished after being interrupted is not redone."""
+    if job != "all":
+        return [job]
+    steps = [] if has_finished_run(proj, ("classical",)) else ["classical"]
+    newest = _newest(proj, ("stage1", "stage2"))
+    if resume and newest is not None and newest.kind == "stage2" and newest.status not in _FINISHED:
+        s1 = _newest(proj, ("stage1",))
+        if s1 is not None and s1.status in _FINISHED:
+            log.info("resume: Stage I run %d finished; resuming Stage II", s1.id)
+            return steps + ["stage2"]
+    return steps + ["stage1", "stage2"]
+
+
+def run_job(project_path: Any, job: str, preset: Preset = None, device: str = "auto",
+            resume: bool = False, seed: int | None = None,
+            progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
+            images: Sequence[int] | None = None) -> list[int]:
+    """Run `job` on the project (a path or an open Project) and return the run ids it wrote.
+
+    Jobs: "classical", "stage1", "stage2", "all" (classical preview if none finished yet, then
+    Stage I, then Stage II), "predict-stage1", "predict-stage2". `images` limits the classical
+    and predict jobs to those image ids. Cancellation raises engine.common.Cancelled after the
+    running stage has recorded its run as cancelled.
+    """
+    chosen = check_presets(job, preset)
+    proj, owned = _open(project_path)
+    try:
+        steps = _plan(proj, job, resume)
+        run_ids: list[int] = []
+        resumed = False
+        for k, step in enumerate(steps):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            words = JOBS[step]
+            progress(ProgressEvent(stage=JOB_STAGE, epoch=k, epochs=len(steps), step=0, steps=1,
+                                   message=f"step {k + 1} of {len(steps)}: {words}"))
+            log.info("%s: starting %s (preset %s, device %s%s)", proj.path, step,
+                     chosen.get(step, "-"), device, ", resume" if resume else "")
+            t0 = time.monotonic()
+            # only the first training step resumes: a later stage must not pick up a checkpoint
+            # trained on the pseudo-labels of an older run
+            step_resume = resume and not resumed and step in ("stage1", "stage2")
+            resumed = resumed or step in ("stage1", "stage2")
+            run_id = _run_step(proj, step, chosen.get(step), device, step_resume, seed, progress,
+                               cancel, images)
+            run_ids.append(run_id)
+            log.info("%s: %s finished as run %d in %.1f s", proj.path, step, run_id,
+                     time.monotonic() - t0)
+        progress(ProgressEvent(stage=JOB_STAGE, epoch=len(steps), epochs=len(steps), step=0,
+                               steps=1, message="done"))
+        return run_ids
+    finally:
+        if owned:
+            proj.close()
+
+
+def _run_step(proj: Any, step: str, preset: str | None, device: str, resume: bool,
+              seed: int | None, progress: ProgressCallback, cancel: CancelToken | None,
+              images: Sequence[int] | None) -> int:
+    if step == "classical":
+        from lmk_studio.engine.classical import run_classical_job
+
+        return run_classical_job(proj, progress=progress, cancel=cancel, images=images)
+    if step == "stage1":
+        from lmk_studio.engine.stage1 import train_stage1_job
+
+        return train_stage1_job(proj, preset=preset, device=device, resume=resume, seed=seed,
+                                progress=progress, cancel=cancel)
+    if step == "stage2":
+        from lmk_studio.engine.stage2 import train_stage2_job
+
+        return train_stage2_job(proj, preset=preset, device=device, resume=resume, seed=seed,
+                                progress=progress, cancel=cancel)
+    if step == "predict-stage1":
+        from lmk_studio.engine.stage1 import predict_stage1_job
+
+        return predict_stage1_job(proj, device=device, progress=progress, cancel=cancel,
+                                  images=images)
+    if step == "predict-stage2":
+        from lmk_studio.engine.stage2 import predict_stage2_job
+
+        return predict_stage2_job(proj, device=device, progress=progress, cancel=cancel,
+                                  images=images)
+    raise LmkError(f"unknown job {step!r}")
