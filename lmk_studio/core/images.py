@@ -1,0 +1,783 @@
+"""X-ray image I/O: PNG/JPEG/BMP/TIFF (8/16-bit, grey or colour -> grey) and DICOM.
+
+Design notes
+- Files are read as bytes with Python and decoded from memory (``cv2.imdecode``) so that any
+  unicode path works on every OS (``cv2.imread`` cannot open non-ASCII paths on Windows).
+- ``read_metadata`` never decodes pixels: it parses the PNG IHDR, JPEG SOF, BMP header, TIFF IFD
+  or the DICOM header (pydicom, ``stop_before_pixels``) and makes cheap truncation checks (PNG
+  IEND chunk, JPEG end-of-image marker, TIFF strip/tile extents, BMP pixel array size, DICOM pixel
+  data length against the file size), so a folder of thousands of images lists in seconds.
+- ``XrayImage.pixels`` keeps the full dynamic range as float32 (modality LUT applied for DICOM);
+  the display window and the engine's [0, 1] view are derived from it.
+- Every failure is an ``ImageLoadError(path, problem)`` with the problem in words.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from lmk_studio.core.errors import ImageLoadError, LmkError
+
+SUPPORTED_SUFFIXES: tuple[str, ...] = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", "",
+)
+_RASTER_KIND = {
+    ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff",
+}
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+SPACING_PIXEL = "PixelSpacing"
+SPACING_IMAGER = "ImagerPixelSpacing (at detector)"
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """What is known without decoding pixels. ``spacing`` is (row, col) mm per pixel."""
+
+    path: Path
+    width: int
+    height: int
+    bit_depth: int
+    kind: str
+    spacing: tuple[float, float] | None = None
+    spacing_source: str | None = None
+    window: tuple[float, float] | None = None
+    photometric: str | None = None
+
+
+@dataclass
+class XrayImage:
+    """Decoded image: float32 HxW, full dynamic range, DICOM modality LUT applied and
+    MONOCHROME1 already inverted (so bright = dense everywhere; ``meta.photometric`` keeps the
+    file's original value)."""
+
+    meta: ImageMeta
+    pixels: np.ndarray
+    _range: tuple[float, float] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+    def default_range(self) -> tuple[float, float]:
+        """The (low, high) intensities mapped to black / white when no window is given.
+
+        - DICOM with a window: that window (chosen by the modality for viewing).
+        - 8-bit files: 0..255 as stored. Exported 8-bit images are already windowed by whoever
+          produced them; stretching each one separately would make the same tissue differ in
+          brightness between images, which hurts matching across the dataset.
+        - Deeper data (16-bit, float, DICOM without a window): robust percentiles 0.5 / 99.5 of
+          the image. Raw detector values use a small, image-dependent part of 0..65535 (dividing
+          by 65535 gives an almost black image) and a few extreme pixels (collimator edges,
+          burnt-in markers) would otherwise dominate a plain min/max.
+        """
+        if self._range is None:
+            self._range = self._compute_range()
+        return self._range
+
+    def _compute_range(self) -> tuple[float, float]:
+        if self.meta.window is not None:
+            return _window_bounds(*self.meta.window)
+        if self.meta.bit_depth <= 8 and self.meta.kind != "dicom":
+            return 0.0, 255.0
+        flat = self.pixels.ravel()
+        if not np.isfinite(flat).all():
+            flat = flat[np.isfinite(flat)]
+        if flat.size == 0:
+            return 0.0, 1.0
+        if flat.size > 4_000_000:  # a regular subsample gives the same percentiles to < 0.1 %
+            flat = flat[:: flat.size // 2_000_000]
+        lo, hi = (float(v) for v in np.percentile(flat, [0.5, 99.5]))
+        if hi <= lo:
+            lo, hi = float(flat.min()), float(flat.max())
+            if hi <= lo:
+                hi = lo + 1.0
+        return lo, hi
+
+    def normalized(self) -> np.ndarray:
+        """The engine's view: float32 HxW in [0, 1] (see ``default_range`` for why). A new array
+        on every call: the range is cached, the cheap scaling is not (no shared mutable state)."""
+        lo, hi = self.default_range()
+        return _scale(self.pixels, lo, hi)
+
+    def to_uint8(self, window: tuple[float, float] | None = None) -> np.ndarray:
+        """Display image: ``window`` = (center, width) in pixel units, else the default view."""
+        if window is None:
+            n = self.normalized()
+        else:
+            c, w = float(window[0]), max(float(window[1]), 1e-6)
+            n = _scale(self.pixels, *_window_bounds(c, w))
+        return np.rint(n * 255.0).astype(np.uint8)
+
+
+def _window_bounds(c: float, w: float) -> tuple[float, float]:
+    """DICOM PS3.3 C.11.2.1.2.1 linear window: the values mapped to 0 and to 1."""
+    if w > 1.0:
+        return c - 0.5 - (w - 1.0) / 2.0, c - 0.5 + (w - 1.0) / 2.0
+    return c - w / 2.0, c + w / 2.0
+
+
+def _scale(px: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    span = hi - lo if hi > lo else 1.0
+    out = (px.astype(np.float32, copy=False) - np.float32(lo)) * np.float32(1.0 / span)
+    np.clip(out, 0.0, 1.0, out=out)
+    np.nan_to_num(out, copy=False, nan=0.0)
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _kind_for(path: Path) -> str:
+    suf = path.suffix.lower()
+    if suf in _RASTER_KIND:
+        return _RASTER_KIND[suf]
+    if suf in (".dcm", ".dicom"):
+        return "dicom"
+    if suf == "" and _has_dicm_preamble(path):
+        return "dicom"
+    if suf == "" and not path.exists():
+        raise ImageLoadError(path, "file not found")
+    raise ImageLoadError(path, f"unsupported file type {suf or '(no extension, not DICOM)'!r}")
+
+
+def _has_dicm_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _sniff(head: bytes) -> str | None:
+    """The real format from magic bytes (a .png may be a renamed JPEG: read it as a JPEG)."""
+    if head.startswith(_PNG_SIG):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+def _os_problem(e: OSError) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "file not found"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    if isinstance(e, IsADirectoryError):
+        return "is a folder, not an image file"
+    return f"cannot read the file ({e.strerror or e})"
+
+
+def _describe_garbage(head: bytes) -> str:
+    if not head:
+        return "the file is empty (0 bytes)"
+    try:
+        txt = head[:64].decode("utf-8")
+        if all(ch.isprintable() or ch in "\r\n\t" for ch in txt):
+            return "not an image: the file contains text"
+    except UnicodeDecodeError:
+        pass
+    return "not a recognised image format (unknown file signature)"
+
+
+# --------------------------------------------------------------------------- raster headers
+
+
+def _png_meta(path: Path, f: BinaryIO, size: int) -> tuple[int, int, int, str]:
+    f.seek(0)
+    head = f.read(33)
+    if len(head) < 33 or head[12:16] != b"IHDR":
+        raise ImageLoadError(path, "corrupt PNG: the header (IHDR) is missing or truncated")
+    w, h, depth, ctype = struct.unpack(">IIBB", head[16:26])
+    if w == 0 or h == 0:
+        raise ImageLoadError(path, f"corrupt PNG: image size {w}x{h}")
+    f.seek(max(0, size - 12))
+    if f.read(12)[4:8] != b"IEND":
+        raise ImageLoadError(path, "truncated PNG: the file ends before its last chunk (IEND)")
+    photometric = {0: "grey", 2: "rgb", 3: "palette", 4: "grey+alpha", 6: "rgba"}.get(ctype)
+    if photometric is None:
+        raise ImageLoadError(path, f"corrupt PNG: unknown colour type {ctype}")
+    return int(w), int(h), 8 if ctype == 3 else int(depth), photometric
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_meta(path: Path, f: BinaryIO, size: int) -> tuple[int, int, int, str]:
+    f.seek(2)
+    while True:
+        b = f.read(1)
+        while b and b != b"\xff":
+            b = f.read(1)
+        while b == b"\xff":
+            b = f.read(1)
+        if not b:
+            raise ImageLoadError(path, "corrupt or truncated JPEG: no frame header (SOF) found")
+        marker = b[0]
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            continue
+        if marker in (0xD9, 0xDA):
+            raise ImageLoadError(path, "corrupt JPEG: image data before the frame header (SOF)")
+        ln = f.read(2)
+        if len(ln) < 2:
+            raise ImageLoadError(path, "truncated JPEG: the file ends inside its header")
+        seg_len = struct.unpack(">H", ln)[0]
+        if marker in _SOF:
+            seg = f.read(6)
+            if len(seg) < 6:
+                raise ImageLoadError(path, "truncated JPEG: the frame header is cut off")
+            precision, h, w, ncomp = struct.unpack(">BHHB", seg)
+            if w == 0 or h == 0:
+                raise ImageLoadError(path, f"corrupt JPEG: image size {w}x{h}")
+            f.seek(max(0, size - 4096))
+            if b"\xff\xd9" not in f.read():
+                raise ImageLoadError(
+                    path, "truncated JPEG: the end-of-image marker is missing (file cut short)"
+                )
+            return int(w), int(h), int(precision), "grey" if ncomp == 1 else "colour"
+        f.seek(seg_len - 2, os.SEEK_CUR)
+
+
+def _bmp_meta(path: Path, f: BinaryIO, size: int) -> tuple[int, int, int, str]:
+    f.seek(0)
+    head = f.read(54)
+    if len(head) < 26:
+        raise ImageLoadError(path, "truncated BMP: the header is cut off")
+    off = struct.unpack("<I", head[10:14])[0]
+    dib = struct.unpack("<I", head[14:18])[0]
+    if dib == 12:
+        w, h = struct.unpack("<HH", head[18:22])
+        bpp = struct.unpack("<H", head[24:26])[0]
+        comp = 0
+    else:
+        if len(head) < 34:
+            raise ImageLoadError(path, "truncated BMP: the header is cut off")
+        w, h = struct.unpack("<ii", head[18:26])
+        bpp = struct.unpack("<H", head[28:30])[0]
+        comp = struct.unpack("<I", head[30:34])[0]
+    h = abs(h)
+    if w <= 0 or h == 0:
+        raise ImageLoadError(path, f"corrupt BMP: image size {w}x{h}")
+    if comp in (0, 3) and bpp in (1, 4, 8, 16, 24, 32):
+        row = ((w * bpp + 31) // 32) * 4
+        if off + row * h > size:
+            raise ImageLoadError(path, "truncated BMP: the pixel data is cut short")
+    return int(w), int(h), 8, "grey" if bpp <= 8 else "colour"
+
+
+_TIFF_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 6: 1, 7: 1, 8: 2, 9: 4, 11: 4, 12: 8, 16: 8, 17: 8, 18: 8}
+_TIFF_FMT = {1: "B", 3: "H", 4: "I", 8: "h", 9: "i", 16: "Q", 17: "q"}
+_TIFF_TAGS = (256, 257, 258, 262, 273, 277, 279, 324, 325)
+
+
+def _tiff_meta(path: Path, f: BinaryIO, size: int) -> tuple[int, int, int, str]:
+    f.seek(0)
+    head = f.read(16)
+    bo = "<" if head[:2] == b"II" else ">"
+    tags: dict[int, list[int]] = {}
+    try:
+        big = struct.unpack(bo + "H", head[2:4])[0] == 43
+        if big:
+            f.seek(struct.unpack(bo + "Q", head[8:16])[0])
+            n = struct.unpack(bo + "Q", f.read(8))[0]
+            ent, cnt_fmt, inline = 20, "Q", 8
+        else:
+            f.seek(struct.unpack(bo + "I", head[4:8])[0])
+            n = struct.unpack(bo + "H", f.read(2))[0]
+            ent, cnt_fmt, inline = 12, "I", 4
+        if n == 0 or n > 4096:
+            raise ImageLoadError(path, "corrupt TIFF: the first directory is empty or damaged")
+        raw = f.read(n * ent)
+        if len(raw) < n * ent:
+            raise ImageLoadError(path, "truncated TIFF: the image directory is cut off")
+        for k in range(n):
+            e = raw[k * ent:(k + 1) * ent]
+            tag, typ = struct.unpack(bo + "HH", e[:4])
+            if tag not in _TIFF_TAGS or typ not in _TIFF_FMT:
+                continue
+            count = struct.unpack(bo + cnt_fmt, e[4:4 + inline])[0]
+            nbytes = _TIFF_SIZE[typ] * count
+            if nbytes <= inline:
+                data = e[4 + inline:4 + inline + nbytes]
+            else:
+                ptr = struct.unpack(bo + cnt_fmt, e[4 + inline:4 + 2 * inline])[0]
+                if ptr + nbytes > size:
+                    raise ImageLoadError(path, "truncated TIFF: a tag points past the file end")
+                pos = f.tell()
+                f.seek(ptr)
+                data = f.read(nbytes)
+                f.seek(pos)
+            tags[tag] = list(struct.unpack(bo + _TIFF_FMT[typ] * count, data))
+    except struct.error:
+        raise ImageLoadError(path, "truncated or corrupt TIFF header") from None
+    if 256 not in tags or 257 not in tags:
+        raise ImageLoadError(path, "corrupt TIFF: image width/height tags are missing")
+    w, h = tags[256][0], tags[257][0]
+    bits = max(tags.get(258, [1]))
+    spp = tags.get(277, [1])[0]
+    offs, cnts = tags.get(273) or tags.get(324), tags.get(279) or tags.get(325)
+    if offs and cnts and max(o + c for o, c in zip(offs, cnts, strict=False)) > size:
+        raise ImageLoadError(path, "truncated TIFF: the pixel data is cut short")
+    photo = {0: "MINISWHITE", 1: "MINISBLACK", 2: "rgb", 3: "palette"}.get(
+        tags.get(262, [1])[0], "other"
+    )
+    if spp >= 3 and photo not in ("rgb", "palette"):
+        photo = "colour"
+    return int(w), int(h), int(bits), photo
+
+
+_RASTER_META = {"png": _png_meta, "jpeg": _jpeg_meta, "bmp": _bmp_meta, "tiff": _tiff_meta}
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def _dicom_header(path: Path):
+    """(dataset without pixels, whether a pixel data element follows).
+
+    pydicom's ``stop_before_pixels`` leaves the file positioned at the pixel data element when
+    there is one, so we read that element's header ourselves: presence and declared length
+    (checked against the file size: a cut-short file is refused before any decode) cost a
+    12-byte read instead of reading the pixels.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with open(path, "rb") as f:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+            if not ds.file_meta and "SOPClassUID" not in ds and "Rows" not in ds:
+                raise ImageLoadError(path, "not a DICOM file (no DICOM header found)")
+            tsx = ds.file_meta.get("TransferSyntaxUID") if ds.file_meta else None
+            little = True if tsx is None else bool(tsx.is_little_endian)
+            if tsx is not None and tsx.is_deflated:  # offsets are in the inflated stream
+                f.seek(0)
+                full = pydicom.dcmread(f, defer_size=1024)
+                return ds, any(t in full for t in (0x7FE00010, 0x7FE00008, 0x7FE00009))
+            pos = f.tell()
+            size = os.fstat(f.fileno()).st_size
+            hdr = f.read(12)
+            if len(hdr) < 8:
+                return ds, False
+            bo = "<" if little else ">"
+            if struct.unpack(bo + "HH", hdr[:4]) not in _PIXEL_TAGS:
+                return ds, False
+            explicit = hdr[4:6].isalpha() and hdr[4:6].isupper()
+            if not explicit:
+                length, hlen = struct.unpack(bo + "I", hdr[4:8])[0], 8
+            elif hdr[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
+                length, hlen = struct.unpack(bo + "I", hdr[8:12])[0], 12
+            else:
+                length, hlen = struct.unpack(bo + "H", hdr[6:8])[0], 8
+            if length != 0xFFFFFFFF and pos + hlen + length > size:
+                raise ImageLoadError(
+                    path,
+                    f"truncated DICOM: the pixel data declares {length} bytes but only "
+                    f"{max(0, size - pos - hlen)} are in the file",
+                )
+            return ds, True
+    except ImageLoadError:
+        raise
+    except OSError as e:
+        raise ImageLoadError(path, _os_problem(e)) from None
+    except InvalidDicomError as e:
+        raise ImageLoadError(path, f"not a valid DICOM file ({e})") from None
+    except Exception as e:  # pydicom raises many types on damaged headers
+        raise ImageLoadError(path, f"corrupt DICOM header ({type(e).__name__}: {e})") from None
+
+
+def _first(v) -> float:
+    """First value of a possibly multi-valued DS/IS element."""
+    from pydicom.multival import MultiValue
+
+    return float(v[0]) if isinstance(v, (MultiValue, list, tuple)) else float(v)
+
+
+def _dicom_window(ds) -> tuple[float, float] | None:
+    """Default display window in modality units: WindowCenter/Width (first pair), else the
+    input range of the first VOI LUT (a linear stand-in for its exact curve)."""
+    try:
+        if "WindowCenter" in ds and "WindowWidth" in ds:
+            c, w = _first(ds.WindowCenter), _first(ds.WindowWidth)
+            if np.isfinite(c) and np.isfinite(w) and w > 0:
+                return c, w
+        seq = ds.get("VOILUTSequence")
+        if seq:
+            desc = seq[0].LUTDescriptor
+            n = int(desc[0]) or 65536
+            first = int(desc[1])
+            if int(ds.get("PixelRepresentation", 0)) == 1 and first >= 32768:
+                first -= 65536
+            return first + n / 2.0, float(n)
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError):
+        return None
+    return None
+
+
+def _dicom_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
+    for kw, src in (("PixelSpacing", SPACING_PIXEL), ("ImagerPixelSpacing", SPACING_IMAGER)):
+        v = ds.get(kw)
+        if v is None:
+            continue
+        try:
+            r, c = float(v[0]), float(v[1])
+        except (TypeError, ValueError, IndexError):
+            continue
+        if r > 0 and c > 0 and np.isfinite(r) and np.isfinite(c):
+            return (r, c), src
+    return None, None
+
+
+def _dicom_meta(path: Path) -> ImageMeta:
+    ds, has_pixels = _dicom_header(path)
+    if not has_pixels:
+        what = str(ds.get("Modality", "") or "")
+        sop = ds.get("SOPClassUID")
+        sop_name = (getattr(sop, "name", None) or str(sop)) if sop else ""
+        parts = ", ".join(p for p in (what, sop_name) if p)
+        raise ImageLoadError(
+            path, f"DICOM object without pixel data{f' ({parts})' if parts else ''}: not an image"
+        )
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        frames = 1
+    if frames > 1:
+        raise ImageLoadError(
+            path,
+            f"multi-frame DICOM ({frames} frames) is not supported: export the frame you want "
+            "as a single-frame image",
+        )
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        raise ImageLoadError(path, "DICOM image without Rows/Columns") from None
+    if rows <= 0 or cols <= 0:
+        raise ImageLoadError(path, f"DICOM image size {cols}x{rows}")
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
+    spacing, src = _dicom_spacing(ds)
+    return ImageMeta(
+        path=path, width=cols, height=rows, bit_depth=bits, kind="dicom", spacing=spacing,
+        spacing_source=src, window=_dicom_window(ds),
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() or None,
+    )
+
+
+def _load_dicom(path: Path) -> XrayImage:
+    meta = _dicom_meta(path)
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    ds = None
+    try:
+        ds = pydicom.dcmread(path, force=True)
+        arr = ds.pixel_array
+    except MemoryError:
+        raise ImageLoadError(path, "not enough memory to decode this DICOM image") from None
+    except Exception as e:
+        tsx = ds.file_meta.get("TransferSyntaxUID") if ds is not None and ds.file_meta else None
+        name = getattr(tsx, "name", None) or str(tsx or "unknown transfer syntax")
+        raise ImageLoadError(
+            path, f"cannot decode the DICOM pixel data ({name}): {type(e).__name__}: {e}"
+        ) from None
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour; pydicom converts YBR to RGB
+        import cv2
+
+        rgb = np.ascontiguousarray(arr[..., :3])
+        if rgb.dtype not in (np.uint8, np.uint16):
+            rgb = rgb.astype(np.float32)
+        px = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    elif arr.ndim == 2:
+        px = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+    else:
+        raise ImageLoadError(path, f"unexpected DICOM pixel array shape {arr.shape}")
+    if px.shape != (meta.height, meta.width):
+        raise ImageLoadError(
+            path, f"DICOM pixel data is {px.shape[1]}x{px.shape[0]}, the header says "
+            f"{meta.width}x{meta.height}"
+        )
+    if (meta.photometric or "").upper() == "MONOCHROME1":
+        px = _invert_monochrome1(px, meta, ds)
+    return XrayImage(meta=meta, pixels=np.ascontiguousarray(px, dtype=np.float32))
+
+
+def _invert_monochrome1(px: np.ndarray, meta: ImageMeta, ds) -> np.ndarray:
+    """MONOCHROME1 (minimum = white) to MONOCHROME2, after the VOI stage.
+
+    With a window (c, w) we mirror around the window's own centre, p' = 2(c - 0.5) - p: the
+    DICOM linear window formula then gives exactly 1 - f(p) with the *same* window, which is what
+    a viewer shows for the MONOCHROME1 file. Without a window we mirror within the representable
+    range (BitsStored through the modality LUT), so values stay in range and no image content
+    decides the mapping.
+    """
+    if meta.window is not None:
+        c, _ = meta.window
+        return (np.float32(2.0 * (c - 0.5)) - px).astype(np.float32)
+    bits = meta.bit_depth
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    lo_s, hi_s = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    icpt = float(ds.get("RescaleIntercept", 0) or 0)
+    a, b = lo_s * slope + icpt, hi_s * slope + icpt
+    return (np.float32(a + b) - px).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def read_metadata(path: str | Path) -> ImageMeta:
+    """Header-only read (no pixel decode). Raises ImageLoadError naming file and problem."""
+    path = Path(path)
+    kind = _kind_for(path)
+    if kind == "dicom":
+        return _dicom_meta(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(132)
+            real = _sniff(head)
+            if real is None:
+                raise ImageLoadError(path, _describe_garbage(head))
+            if real != "dicom":
+                w, h, bits, photometric = _RASTER_META[real](path, f, size)
+    except OSError as e:
+        raise ImageLoadError(path, _os_problem(e)) from None
+    if real == "dicom":
+        return _dicom_meta(path)
+    return ImageMeta(path=path, width=w, height=h, bit_depth=bits, kind=real,
+                     photometric=photometric)
+
+
+def load_image(path: str | Path) -> XrayImage:
+    """Decode one image to an XrayImage. Raises ImageLoadError naming file and problem."""
+    path = Path(path)
+    meta = read_metadata(path)  # also refuses cut-short files cheaply, before decoding
+    if meta.kind == "dicom":
+        return _load_dicom(path)
+    import cv2
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageLoadError(path, _os_problem(e)) from None
+    except MemoryError:
+        raise ImageLoadError(path, "not enough memory to read this file") from None
+    try:
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        raise ImageLoadError(path, f"cannot decode the {meta.kind.upper()} data ({e})") from None
+    del data
+    if img is None:
+        raise ImageLoadError(path, f"corrupt {meta.kind.upper()}: the image data cannot be decoded")
+    if img.ndim == 3:
+        ch = img.shape[2]
+        if ch in (1, 2):  # grey (+ alpha)
+            img = img[..., 0]
+        elif ch in (3, 4):
+            if img.dtype not in (np.uint8, np.uint16, np.float32):
+                img = img.astype(np.float32)
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if ch == 4 else cv2.COLOR_BGR2GRAY)
+        else:
+            raise ImageLoadError(path, f"unsupported number of colour channels ({ch})")
+    if img.shape != (meta.height, meta.width):
+        raise ImageLoadError(
+            path, f"decoded size {img.shape[1]}x{img.shape[0]} differs from the header's "
+            f"{meta.width}x{meta.height}"
+        )
+    depth = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(img.dtype, 32)
+    px = img.astype(np.float32)
+    if meta.photometric == "MINISWHITE" and depth in (8, 16):  # TIFF "white is zero"
+        px = np.float32(2**depth - 1) - px
+    if depth != meta.bit_depth:
+        meta = replace(meta, bit_depth=depth)
+    return XrayImage(meta=meta, pixels=px)
+
+
+_NAT = re.compile(r"(\d+)")
+
+
+def _natural_key(p: Path) -> list:
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t.casefold()) for t in _NAT.split(p.name)]
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Supported image files in ``folder`` (not recursive), natural order (img2 < img10).
+
+    Hidden files (``.name``, e.g. macOS ``._x.png`` resource forks) are skipped; files without
+    an extension are included only when they carry the DICOM ``DICM`` preamble.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise LmkError(f"{folder}: folder not found")
+    if not folder.is_dir():
+        raise LmkError(f"{folder}: not a folder")
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as e:
+        raise LmkError(f"{folder}: cannot list the folder ({e.strerror or e})") from None
+    out: list[Path] = []
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        try:
+            if not e.is_file():
+                continue
+        except OSError:
+            continue
+        p = Path(e.path)
+        suf = p.suffix.lower()
+        if suf in _RASTER_KIND or suf in (".dcm", ".dicom"):
+            out.append(p)
+        elif suf == "" and _has_dicm_preamble(p):
+            out.append(p)
+    out.sort(key=_natural_key)
+    return out
+
+
+def quick_hash(path: str | Path) -> str:
+    """sha1 of (size, first 64 KiB, last 64 KiB): cheap change detection, not a content proof."""
+    path = Path(path)
+    chunk = 65536
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            h = hashlib.sha1(str(size).encode())
+            h.update(f.read(chunk))
+            if size > chunk:
+                f.seek(max(chunk, size - chunk))
+                h.update(f.read(chunk))
+    except OSError as e:
+        raise ImageLoadError(path, _os_problem(e)) from None
+    return h.hexdigest()
+
+
+class ImageFolder:
+    """A folder opened lazily: listing first, metadata on demand (or in bulk), pixels on demand
+    through an LRU cache bounded by bytes. Problems are collected in ``faults``; a bad file never
+    stops the rest of the folder. Thread-safe (the GUI may prefetch from a worker thread).
+    """
+
+    def __init__(self, folder: str | Path, cache_bytes: int = 512 * 1024 * 1024) -> None:
+        self.folder = Path(folder)
+        self.paths: list[Path] = list_images(self.folder)
+        self.cache_bytes = int(cache_bytes)
+        self.faults: list[tuple[Path, str]] = []
+        self._fault_paths: set[Path] = set()
+        self._meta: dict[int, ImageMeta] = {}
+        self._cache: OrderedDict[int, XrayImage] = OrderedDict()
+        self._cached_bytes = 0
+        self._lock = threading.RLock()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _fault(self, e: ImageLoadError) -> None:
+        with self._lock:
+            if e.path not in self._fault_paths:
+                self._fault_paths.add(e.path)
+                self.faults.append((e.path, e.problem))
+
+    def meta(self, i: int) -> ImageMeta:
+        """Header of image i (cached). Raises ImageLoadError for that file (also recorded)."""
+        with self._lock:
+            m = self._meta.get(i)
+        if m is not None:
+            return m
+        try:
+            m = read_metadata(self.paths[i])
+        except ImageLoadError as e:
+            self._fault(e)
+            raise
+        with self._lock:
+            self._meta[i] = m
+        return m
+
+    def read_all_metadata(
+        self, progress: Callable[[int, int], None] | None = None
+    ) -> list[ImageMeta | None]:
+        """Headers of every file; None (and an entry in ``faults``) for unreadable ones."""
+        out: list[ImageMeta | None] = []
+        n = len(self.paths)
+        for i in range(n):
+            try:
+                out.append(self.meta(i))
+            except ImageLoadError:
+                out.append(None)
+            if progress is not None:
+                progress(i + 1, n)
+        return out
+
+    def ok_indices(self) -> list[int]:
+        """Indices whose metadata reads cleanly (reads any not yet read)."""
+        return [i for i, m in enumerate(self.read_all_metadata()) if m is not None]
+
+    def image(self, i: int) -> XrayImage:
+        """Decoded image i, from the cache when present. Raises ImageLoadError (recorded)."""
+        with self._lock:
+            img = self._cache.get(i)
+            if img is not None:
+                self._cache.move_to_end(i)
+                return img
+        try:
+            img = load_image(self.paths[i])
+        except ImageLoadError as e:
+            self._fault(e)
+            raise
+        with self._lock:
+            self._meta[i] = img.meta
+            self._put(i, img)
+        return img
+
+    def _put(self, i: int, img: XrayImage) -> None:
+        size = img.pixels.nbytes
+        if size > self.cache_bytes:  # bigger than the whole budget: hand it out, keep nothing
+            return
+        old = self._cache.pop(i, None)
+        if old is not None:
+            self._cached_bytes -= old.pixels.nbytes
+        self._cache[i] = img
+        self._cached_bytes += size
+        while self._cached_bytes > self.cache_bytes and self._cache:
+            _, evicted = self._cache.popitem(last=False)
+            self._cached_bytes -= evicted.pixels.nbytes
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached_bytes
+
+    def cached_indices(self) -> list[int]:
+        """Cached images, least recently used first."""
+        with self._lock:
+            return list(self._cache)
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._cached_bytes = 0
+
+    def prefetch(self, indices: Iterable[int]) -> None:
+        """Decode into the cache (e.g. the neighbours of the shown image); faults recorded."""
+        for i in indices:
+            if 0 <= i < len(self.paths):
+                try:
+                    self.image(i)
+                except ImageLoadError:
+                    pass

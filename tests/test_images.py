@@ -1,0 +1,254 @@
+"""Raster image loading (PNG/JPEG/BMP/TIFF), bad files, folders, cache. Tiny crafted files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lmk_studio.core.errors import ImageLoadError, LmkError
+from lmk_studio.core.images import (
+    SUPPORTED_SUFFIXES,
+    ImageFolder,
+    list_images,
+    load_image,
+    quick_hash,
+    read_metadata,
+)
+
+
+def _write(path: Path, img: np.ndarray, ext: str | None = None) -> Path:
+    """Encode with OpenCV into memory and write with Python (unicode-safe on every OS)."""
+    ok, buf = cv2.imencode(ext or path.suffix, img)
+    assert ok
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def _ramp(h: int = 40, w: int = 56, dtype=np.uint8, top: int = 255) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return ((x + 2 * y) * top // (w - 1 + 2 * (h - 1))).astype(dtype)
+
+
+@pytest.mark.parametrize("ext", [".png", ".bmp", ".tif", ".jpg"])
+def test_grey_8bit_formats_round_trip(tmp_path: Path, ext: str) -> None:
+    img = _ramp()
+    p = _write(tmp_path / f"a{ext}", img)
+    m = read_metadata(p)
+    assert (m.width, m.height, m.bit_depth) == (56, 40, 8)
+    assert m.kind == {".png": "png", ".bmp": "bmp", ".tif": "tiff", ".jpg": "jpeg"}[ext]
+    assert m.spacing is None and m.spacing_source is None and m.window is None
+    x = load_image(p)
+    assert x.pixels.dtype == np.float32 and x.pixels.shape == (40, 56)
+    tol = 3.0 if ext == ".jpg" else 0.0  # JPEG is lossy
+    assert np.abs(x.pixels - img).max() <= tol
+    n = x.normalized()
+    assert n.dtype == np.float32 and 0.0 <= n.min() and n.max() <= 1.0
+    np.testing.assert_allclose(n, x.pixels / 255.0, atol=1e-6)  # 8-bit: plain /255
+    assert np.abs(x.to_uint8().astype(int) - x.pixels.astype(int)).max() <= 0
+
+
+def test_colour_is_converted_to_grey(tmp_path: Path) -> None:
+    bgr = np.zeros((20, 30, 3), np.uint8)
+    bgr[..., 0], bgr[..., 1], bgr[..., 2] = 10, 100, 200
+    x = load_image(_write(tmp_path / "c.png", bgr))
+    want = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    assert x.pixels.shape == (20, 30)
+    np.testing.assert_array_equal(x.pixels, want.astype(np.float32))
+    bgra = np.dstack([bgr, np.full((20, 30), 128, np.uint8)])
+    np.testing.assert_array_equal(load_image(_write(tmp_path / "c4.png", bgra)).pixels, want)
+
+
+def test_16bit_tiff_keeps_values_above_255(tmp_path: Path) -> None:
+    img = _ramp(dtype=np.uint16, top=40000) + 1000
+    p = _write(tmp_path / "deep.tif", img)
+    m = read_metadata(p)
+    assert m.bit_depth == 16 and m.kind == "tiff"
+    x = load_image(p)
+    np.testing.assert_array_equal(x.pixels, img.astype(np.float32))
+    assert x.pixels.max() > 255
+    lo, hi = x.default_range()  # robust percentiles, not 0..65535
+    assert img.min() <= lo < np.percentile(img, 1) and np.percentile(img, 99) < hi <= img.max()
+    n = x.normalized()
+    assert n.min() == 0.0 and n.max() == 1.0 and 0.3 < float(np.median(n)) < 0.7
+    u8 = x.to_uint8(window=(1000.0 + 20000.0, 2.0))  # narrow window: a hard threshold
+    assert set(np.unique(u8)) <= {0, 128, 255}
+
+
+def test_16bit_png_and_big_endian_tiff(tmp_path: Path) -> None:
+    img = _ramp(dtype=np.uint16, top=60000)
+    x = load_image(_write(tmp_path / "d.png", img))
+    np.testing.assert_array_equal(x.pixels, img)
+    assert x.meta.bit_depth == 16
+    # hand-built big-endian TIFF ("MM"), 16-bit, one strip: our IFD parser in the other byte order
+    h, w = img.shape
+    data = img.astype(">u2").tobytes()
+    entries = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 1, 16), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, 1, 8 + 2 + 12 * 8 + 4), (277, 3, 1, 1), (279, 4, 1, len(data))]
+    import struct
+
+    ifd = struct.pack(">H", len(entries))
+    for tag, typ, cnt, val in entries:
+        ifd += struct.pack(">HHI", tag, typ, cnt) + (
+            struct.pack(">HH", val, 0) if typ == 3 else struct.pack(">I", val)
+        )
+    blob = b"MM\x00*" + struct.pack(">I", 8) + ifd + b"\x00\x00\x00\x00" + data
+    p = tmp_path / "be.tiff"
+    p.write_bytes(blob)
+    m = read_metadata(p)
+    assert (m.width, m.height, m.bit_depth) == (w, h, 16)
+    np.testing.assert_array_equal(load_image(p).pixels, img)
+    p.write_bytes(blob[:-100])
+    with pytest.raises(ImageLoadError, match="truncated TIFF"):
+        read_metadata(p)
+
+
+def test_truncated_png_is_refused_naming_the_file(tmp_path: Path) -> None:
+    p = _write(tmp_path / "cut.png", np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8))
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(ImageLoadError, match="truncated PNG") as ei:
+        load_image(p)
+    assert ei.value.path == p and "cut.png" in str(ei.value)
+    with pytest.raises(ImageLoadError, match="truncated PNG"):
+        read_metadata(p)
+
+
+def test_corrupt_png_body_is_refused(tmp_path: Path) -> None:
+    p = _write(tmp_path / "bad.png", np.random.default_rng(1).integers(0, 255, (64, 64), np.uint8))
+    b = bytearray(p.read_bytes())
+    b[60:200] = b"\x00" * 140  # damage the compressed data, keep IHDR and IEND
+    p.write_bytes(bytes(b))
+    with pytest.raises(ImageLoadError, match="bad.png.*corrupt PNG"):
+        load_image(p)
+
+
+def test_truncated_jpeg_is_refused(tmp_path: Path) -> None:
+    p = _write(tmp_path / "cut.jpg", _ramp(64, 64))
+    p.write_bytes(p.read_bytes()[:-200])
+    with pytest.raises(ImageLoadError, match="truncated JPEG"):
+        load_image(p)
+
+
+def test_text_file_named_png_and_empty_file(tmp_path: Path) -> None:
+    t = tmp_path / "notes.png"
+    t.write_text("patient list\nnot an image\n", encoding="utf-8")
+    with pytest.raises(ImageLoadError, match=r"notes\.png: not an image: the file contains text"):
+        load_image(t)
+    z = tmp_path / "zero.jpg"
+    z.write_bytes(b"")
+    with pytest.raises(ImageLoadError, match=r"zero\.jpg: the file is empty"):
+        read_metadata(z)
+    g = tmp_path / "junk.tif"
+    g.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ImageLoadError, match="unknown file signature"):
+        load_image(g)
+
+
+def test_missing_file_and_unsupported_type(tmp_path: Path) -> None:
+    with pytest.raises(ImageLoadError, match="file not found"):
+        load_image(tmp_path / "gone.png")
+    (tmp_path / "x.gif").write_bytes(b"GIF89a")
+    with pytest.raises(ImageLoadError, match="unsupported file type '.gif'"):
+        read_metadata(tmp_path / "x.gif")
+
+
+def test_renamed_jpeg_with_png_suffix_is_read_as_jpeg(tmp_path: Path) -> None:
+    p = tmp_path / "really_jpeg.png"
+    _write(p, _ramp(), ext=".jpg")
+    assert read_metadata(p).kind == "jpeg"
+    assert load_image(p).pixels.shape == (40, 56)
+
+
+def test_unicode_path(tmp_path: Path) -> None:
+    p = _write(tmp_path / "röntgen_画像" / "ïmg.png", _ramp())
+    assert read_metadata(p).width == 56
+    np.testing.assert_array_equal(load_image(p).pixels, _ramp())
+    assert list_images(p.parent) == [p]
+    assert len(quick_hash(p)) == 40
+
+
+def test_empty_folder_and_missing_folder(tmp_path: Path) -> None:
+    assert list_images(tmp_path) == []
+    f = ImageFolder(tmp_path)
+    assert len(f) == 0 and f.read_all_metadata() == [] and f.faults == []
+    with pytest.raises(LmkError, match="folder not found"):
+        list_images(tmp_path / "nope")
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(LmkError, match="not a folder"):
+        ImageFolder(tmp_path / "file.png")
+
+
+def test_list_images_filters_and_natural_order(tmp_path: Path) -> None:
+    for n in ("img10.png", "img2.PNG", "img1.jpg", "a.dcm", "._img3.png", "readme.txt",
+              "noext", "scan.TIFF"):
+        (tmp_path / n).write_bytes(b"x")
+    (tmp_path / "sub.png").mkdir()
+    names = [p.name for p in list_images(tmp_path)]
+    assert names == ["a.dcm", "img1.jpg", "img2.PNG", "img10.png", "scan.TIFF"]
+    assert ".png" in SUPPORTED_SUFFIXES and "" in SUPPORTED_SUFFIXES
+
+
+def test_quick_hash_notices_changes(tmp_path: Path) -> None:
+    p = tmp_path / "big.bin"
+    data = bytearray(np.random.default_rng(2).integers(0, 255, 300_000, np.uint8).tobytes())
+    p.write_bytes(bytes(data))
+    h0 = quick_hash(p)
+    assert quick_hash(p) == h0
+    data[-5] ^= 0xFF  # last 64 KiB
+    p.write_bytes(bytes(data))
+    h1 = quick_hash(p)
+    assert h1 != h0
+    p.write_bytes(bytes(data) + b"\x00")  # size
+    assert quick_hash(p) not in (h0, h1)
+
+
+def test_folder_collects_faults_and_keeps_going(tmp_path: Path) -> None:
+    for i in range(4):
+        _write(tmp_path / f"ok{i}.png", _ramp() + i)
+    (tmp_path / "text.png").write_text("hello", encoding="utf-8")
+    cut = _write(tmp_path / "cut.png", np.random.default_rng(3).integers(0, 255, (64, 64),
+                                                                          np.uint8))
+    cut.write_bytes(cut.read_bytes()[:100])
+    f = ImageFolder(tmp_path)
+    metas = f.read_all_metadata()
+    assert len(metas) == 6 and sum(m is None for m in metas) == 2
+    assert sorted(p.name for p, _ in f.faults) == ["cut.png", "text.png"]
+    assert all(problem for _, problem in f.faults)
+    assert [f.paths[i].name for i in f.ok_indices()] == [f"ok{i}.png" for i in range(4)]
+    bad = next(i for i, m in enumerate(metas) if m is None)
+    with pytest.raises(ImageLoadError):
+        f.image(bad)
+    assert len(f.faults) == 2  # not recorded twice
+
+
+def test_lru_cache_is_bounded_by_bytes(tmp_path: Path) -> None:
+    for i in range(5):
+        _write(tmp_path / f"{i}.png", _ramp(40, 50) + i)
+    one = 40 * 50 * 4  # float32
+    f = ImageFolder(tmp_path, cache_bytes=2 * one + 10)
+    a = f.image(0)
+    assert f.image(0) is a  # cached
+    f.image(1)
+    f.image(0)  # 0 becomes most recent
+    f.image(2)  # evicts 1
+    assert f.cached_indices() == [0, 2] and f.cached_bytes == 2 * one
+    assert f.image(1) is not None and f.cached_indices() == [2, 1]
+    tiny = ImageFolder(tmp_path, cache_bytes=one - 1)  # larger than budget: served, not kept
+    assert tiny.image(3).pixels.shape == (40, 50) and tiny.cached_bytes == 0
+    f.prefetch([3, 4, 99])
+    assert f.cached_indices() == [3, 4]
+    f.clear_cache()
+    assert f.cached_bytes == 0 and f.cached_indices() == []
+
+
+def test_hamedan_real_file(hamedan: Path) -> None:
+    p = hamedan / "images" / "001.png"
+    m = read_metadata(p)
+    assert (m.width, m.height, m.bit_depth, m.kind) == (1340, 1671, 8, "png")
+    x = load_image(p)
+    assert x.pixels.shape == (1671, 1340) and x.pixels.max() <= 255
+    n = x.normalized()
+    assert 0.0 <= n.min() < 0.2 and n.max() == 1.0
