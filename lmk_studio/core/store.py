@@ -1,0 +1,1043 @@
+"""The project store: one SQLite file per project (stdlib sqlite3, WAL journal).
+
+Why this shape:
+- Every public edit is ONE explicit transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, rollback on
+  any error), so killing the process at any instant loses at most the edit in flight.
+- ``synchronous=FULL``: in WAL mode NORMAL is already safe against a killed *process*, but a
+  power cut or OS crash may then roll back the last few commits. A clinician's click is worth an
+  fsync of the WAL per commit (about a millisecond on an SSD; batch writes are one commit).
+- A file we cannot vouch for (missing, not SQLite, corrupt, another program's database, a newer
+  schema) is inspected through a *read-only* connection first and refused with a ProjectError
+  naming the file and the problem; it is never written to. Older schemas are upgraded after a
+  backup copy ``<file>.schema-v<N>.bak`` is written next to it.
+- The GUI and a training process may have the same project open: WAL lets readers run while one
+  writer commits, ``busy_timeout`` waits for the other writer, transactions stay short (image
+  metadata is read before the transaction opens).
+- Image paths are stored relative to the project's folder (POSIX separators) *and* absolute; the
+  relative one wins when it resolves, so a project folder moved together with its images keeps
+  working. Size + mtime + ``core.images.quick_hash`` notice moved or changed files on open.
+
+Coordinates are float pixels with the origin at the *centre* of the top-left pixel (pixel (i, j)
+covers x in [j - 0.5, j + 0.5]), as in ``core.points``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lmk_studio import __version__
+from lmk_studio.core.errors import ImageLoadError, LmkError, ProjectError
+from lmk_studio.core.points import LandmarkPoint, Source, Status
+
+if TYPE_CHECKING:  # core.templates is imported lazily at run time (see _template_cls)
+    from lmk_studio.core.templates import Template
+
+SCHEMA_VERSION = 2
+APPLICATION_ID = 0x4C4D4B53  # "LMKS" in the SQLite header: marks the file as ours
+FORMAT_MARK = "lmk_studio project"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+BUSY_TIMEOUT_MS = 10_000
+RUN_STATUSES = ("running", "finished", "cancelled", "failed")
+CALIBRATION_SOURCE = "calibration (user)"
+_META_PREFIX = "lmk:"  # reserved meta keys used by the store itself
+
+# MIGRATIONS[v] upgrades a schema v-1 file to v. A new project runs all of them in order, so the
+# upgrade path is exercised by every create() as well as by old files.
+#   v1: first layout: meta, template, images, current points, model runs.
+#   v2: per-point expected error, per-image calibration, per-run prediction history.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE template (id INTEGER PRIMARY KEY CHECK (id = 1), json TEXT NOT NULL)",
+        """CREATE TABLE images (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            path TEXT NOT NULL,
+            abs_path TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            hash TEXT NOT NULL,
+            size INTEGER,
+            mtime_ns INTEGER,
+            spacing_row REAL,
+            spacing_col REAL,
+            spacing_source TEXT,
+            added TEXT NOT NULL)""",
+        """CREATE TABLE points (
+            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            x REAL,
+            y REAL,
+            status TEXT NOT NULL,
+            source TEXT,
+            confidence REAL,
+            run_id INTEGER,
+            updated TEXT NOT NULL,
+            PRIMARY KEY (image_id, idx)) WITHOUT ROWID""",
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            config TEXT NOT NULL DEFAULT '{}',
+            metrics TEXT NOT NULL DEFAULT '{}',
+            checkpoints TEXT NOT NULL DEFAULT '{}',
+            timings TEXT NOT NULL DEFAULT '{}',
+            started TEXT NOT NULL,
+            finished TEXT)""",
+    ),
+    2: (
+        "ALTER TABLE points ADD COLUMN expected_error_px REAL",
+        "ALTER TABLE images ADD COLUMN calibration_row REAL",
+        "ALTER TABLE images ADD COLUMN calibration_col REAL",
+        """CREATE TABLE predictions (
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            x REAL,
+            y REAL,
+            confidence REAL,
+            expected_error_px REAL,
+            status TEXT NOT NULL,
+            source TEXT,
+            PRIMARY KEY (run_id, image_id, idx)) WITHOUT ROWID""",
+        "CREATE INDEX predictions_image ON predictions (image_id)",
+    ),
+}
+assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of the project as the user sees it now (file state checked on open)."""
+
+    id: int
+    path: Path
+    name: str
+    width: int
+    height: int
+    hash: str
+    spacing: tuple[float, float] | None
+    spacing_source: str | None
+    missing: bool = False
+    changed: bool = False
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One model run (classical preview, Stage I/II training or prediction)."""
+
+    id: int
+    kind: str
+    status: str
+    config: dict
+    metrics: dict
+    checkpoints: dict
+    timings: dict
+    started: str
+    finished: str | None
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _json_default(o: Any) -> Any:
+    """Make configs/metrics with Paths, numpy scalars/arrays, sets or enums storable."""
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, set | frozenset):
+        return sorted(o, key=str)
+    if isinstance(o, Status | Source):
+        return o.value
+    for attr in ("tolist", "item"):  # numpy arrays / scalars, torch scalars
+        f = getattr(o, attr, None)
+        if callable(f):
+            return f()
+    return str(o)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, ensure_ascii=False)
+
+
+def _template_cls():
+    from lmk_studio.core.templates import Template
+
+    return Template
+
+
+def _describe_sqlite_error(exc: sqlite3.Error) -> str:
+    """Plain words for the errors a user can meet (full disk, read-only place, lock)."""
+    msg = str(exc)
+    low = msg.lower()
+    if "disk is full" in low or "database or disk is full" in low:
+        return "the disk is full"
+    if "readonly" in low or "read-only" in low:
+        return "the project file or its folder is read-only"
+    if "locked" in low or "busy" in low:
+        return (f"another program kept the project locked for more than "
+                f"{BUSY_TIMEOUT_MS // 1000} s")
+    if "disk i/o error" in low:
+        return "a disk input/output error (is the drive still connected?)"
+    if "malformed" in low or "not a database" in low:
+        return f"the file is corrupt ({msg})"
+    return msg
+
+
+def _check_finite(path: Path, what: str, v: float | None) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ProjectError(f"{path}: {what} must be a number, got {v!r}") from None
+    if not math.isfinite(f):
+        raise ProjectError(f"{path}: {what} must be a finite number, got {v!r}")
+    return f
+
+
+def _stat(p: Path) -> os.stat_result | None:
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return st if p.is_file() else None
+
+
+# ----------------------------------------------------------------------------- inspection
+
+
+def _ro_uri(path: Path, immutable: bool = False) -> str:
+    return path.resolve().as_uri() + ("?immutable=1" if immutable else "?mode=ro")
+
+
+def inspect_project_file(path: str | Path) -> int:
+    """Check a file is an lmk_studio project this version can use; return its schema version.
+
+    Uses a read-only connection only: a file that is refused is never modified. Without a -wal
+    file next to it, it is read as immutable so not even -wal/-shm side files appear; a
+    "corrupt" verdict from that view is confirmed with a normal read-only connection (a writer
+    may have started meanwhile).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ProjectError(f"{path}: project file not found")
+    if path.is_dir():
+        raise ProjectError(f"{path}: is a folder, not a project file (.lmk)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as e:
+        raise ProjectError(f"{path}: cannot read the project file ({e.strerror or e})") from None
+    if not head:
+        raise ProjectError(f"{path}: the file is empty, not an lmk_studio project "
+                           "(a project creation may have been interrupted)")
+    if head != SQLITE_MAGIC:
+        raise ProjectError(f"{path}: not an lmk_studio project (not an SQLite database)")
+    immutable = not Path(str(path) + "-wal").exists()
+    try:
+        return _inspect_sqlite(path, immutable)
+    except _Corrupt as e:
+        if not immutable or not Path(str(path) + "-wal").exists():
+            raise ProjectError(str(e)) from None
+    try:  # a writer appeared while we read the file as immutable: look again, properly
+        return _inspect_sqlite(path, False)
+    except _Corrupt as e:
+        raise ProjectError(str(e)) from None
+
+
+class _Corrupt(Exception):
+    pass
+
+
+def _inspect_sqlite(path: Path, immutable: bool) -> int:
+    try:
+        with closing(sqlite3.connect(_ro_uri(path, immutable), uri=True,
+                                     timeout=BUSY_TIMEOUT_MS / 1000)) as c:
+            app_id = c.execute("PRAGMA application_id").fetchone()[0]
+            version = c.execute("PRAGMA user_version").fetchone()[0]
+            if app_id != APPLICATION_ID:
+                raise ProjectError(
+                    f"{path}: an SQLite database but not an lmk_studio project "
+                    f"(application id {app_id:#x}); it was not changed")
+            if version > SCHEMA_VERSION:
+                raise ProjectError(
+                    f"{path}: made by a newer lmk_studio (project schema v{version}; this "
+                    f"version {__version__} reads up to v{SCHEMA_VERSION}). Update lmk_studio "
+                    "to open it; the file was not changed")
+            if version < 1:
+                raise ProjectError(
+                    f"{path}: an incomplete lmk_studio project (schema v{version}): its "
+                    "creation was interrupted; create the project again")
+            check = [r[0] for r in c.execute("PRAGMA quick_check(5)").fetchall()]
+            if check != ["ok"]:
+                raise _Corrupt(f"{path}: the project file is corrupt ({'; '.join(check)}); "
+                               "it was not changed. Restore it from a backup")
+            row = c.execute("SELECT value FROM meta WHERE key = ?",
+                            (_META_PREFIX + "format",)).fetchone()
+            if row is None or json.loads(row[0]) != FORMAT_MARK:
+                raise ProjectError(f"{path}: not an lmk_studio project (format mark missing)")
+            if c.execute("SELECT count(*) FROM template").fetchone()[0] != 1:
+                raise _Corrupt(f"{path}: the project has no landmark template (corrupt)")
+    except (ProjectError, _Corrupt):
+        raise
+    except sqlite3.Error as e:
+        raise _Corrupt(f"{path}: the project file is corrupt or unreadable "
+                       f"({_describe_sqlite_error(e)}); it was not changed") from None
+    except (ValueError, TypeError) as e:  # meta value that is not JSON
+        raise _Corrupt(f"{path}: the project file is corrupt ({e}); it was not changed"
+                       ) from None
+    return int(version)
+
+
+def _migrate(con: sqlite3.Connection, from_version: int) -> None:
+    """Run migrations from_version+1 .. SCHEMA_VERSION inside the caller's transaction."""
+    for v in range(from_version + 1, SCHEMA_VERSION + 1):
+        for stmt in MIGRATIONS[v]:
+            con.execute(stmt)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+# ----------------------------------------------------------------------------- the project
+
+
+class Project:
+    """An open project. Use ``Project.create`` / ``Project.open``; a context manager."""
+
+    def __init__(self, path: Path, con: sqlite3.Connection) -> None:
+        self.path = path
+        self._con: sqlite3.Connection | None = con
+        self._lock = threading.RLock()
+        self.last_faults: list[tuple[Path, str]] = []
+        self._file_state: dict[int, tuple[Path, bool, bool]] = {}
+        self._template: Template | None = None
+        self._template = self._load_template()
+
+    # ------------------------------------------------------------------ open / create / close
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        con = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                              check_same_thread=False)
+        try:
+            con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":  # e.g. a file system without shared memory
+                con.execute("PRAGMA journal_mode = DELETE")
+            con.execute("PRAGMA synchronous = FULL")
+            con.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error:
+            con.close()
+            raise
+        return con
+
+    @classmethod
+    def create(cls, path: str | Path, template: Template,
+               images_dir: str | Path | None = None) -> Project:
+        """Create a new project file; refuse to touch an existing one."""
+        path = Path(path)
+        if not path.suffix:
+            path = path.with_suffix(".lmk")
+        if path.exists() or Path(str(path) + "-wal").exists():
+            raise ProjectError(f"{path}: already exists; choose another name "
+                               "(nothing was overwritten)")
+        template.validate()
+        image_paths: list[Path] = []
+        if images_dir is not None:
+            from lmk_studio.core.images import list_images
+
+            image_paths = list_images(Path(images_dir))  # LmkError for a missing folder
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            os.close(fd)
+        except FileExistsError:
+            raise ProjectError(f"{path}: already exists; choose another name "
+                               "(nothing was overwritten)") from None
+        except OSError as e:
+            raise ProjectError(f"{path}: cannot create the project file "
+                               f"({e.strerror or e})") from None
+        try:
+            con = cls._connect(path)
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                _migrate(con, 0)
+                now = _now()
+                con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
+                    (_META_PREFIX + "format", _dumps(FORMAT_MARK)),
+                    (_META_PREFIX + "created", _dumps(now)),
+                    (_META_PREFIX + "created_by", _dumps(f"lmk_studio {__version__}")),
+                ])
+                con.execute("INSERT INTO template (id, json) VALUES (1, ?)",
+                            (_dumps(template.to_dict()),))
+                con.execute("COMMIT")
+            except BaseException:
+                con.close()
+                raise
+        except sqlite3.Error as e:
+            _remove_quietly(path)
+            raise ProjectError(f"{path}: cannot create the project "
+                               f"({_describe_sqlite_error(e)}); nothing was written") from None
+        except BaseException:
+            _remove_quietly(path)
+            raise
+        try:
+            proj = cls(path, con)
+            if image_paths:
+                proj.add_images(image_paths)
+        except BaseException:  # a half-made new project is ours to remove
+            con.close()
+            _remove_quietly(path)
+            raise
+        return proj
+
+    @classmethod
+    def open(cls, path: str | Path) -> Project:
+        """Open an existing project (upgrading an older schema after a backup copy)."""
+        path = Path(path)
+        version = inspect_project_file(path)
+        if version < SCHEMA_VERSION:
+            cls._upgrade(path, version)
+        try:
+            con = cls._connect(path)
+        except sqlite3.Error as e:
+            raise ProjectError(f"{path}: cannot open the project "
+                               f"({_describe_sqlite_error(e)})") from None
+        try:
+            return cls(path, con)
+        except BaseException:
+            con.close()
+            raise
+
+    @classmethod
+    def _upgrade(cls, path: Path, version: int) -> None:
+        backup = path.with_name(f"{path.name}.schema-v{version}.bak")
+        try:
+            with closing(sqlite3.connect(_ro_uri(path), uri=True)) as src, \
+                    closing(sqlite3.connect(str(backup))) as dst:
+                src.backup(dst)
+        except (sqlite3.Error, OSError) as e:
+            _remove_quietly(backup)
+            problem = _describe_sqlite_error(e) if isinstance(e, sqlite3.Error) else str(e)
+            raise ProjectError(
+                f"{path}: needs an upgrade from schema v{version} to v{SCHEMA_VERSION} but the "
+                f"backup copy {backup.name} could not be written ({problem}); the file was not "
+                "changed") from None
+        try:
+            with closing(cls._connect(path)) as con:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    now_v = con.execute("PRAGMA user_version").fetchone()[0]
+                    if now_v < SCHEMA_VERSION:  # another process may have upgraded meanwhile
+                        _migrate(con, now_v)
+                        con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                    (_META_PREFIX + f"upgraded_from_v{now_v}", _dumps(_now())))
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as e:
+            raise ProjectError(
+                f"{path}: the upgrade from schema v{version} failed "
+                f"({_describe_sqlite_error(e)}); it was rolled back, the file is unchanged "
+                f"(backup: {backup.name})") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._con is not None:
+                try:
+                    self._con.close()
+                finally:
+                    self._con = None
+
+    @property
+    def closed(self) -> bool:
+        return self._con is None
+
+    def __enter__(self) -> Project:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Project({str(self.path)!r}{', closed' if self.closed else ''})"
+
+    # ------------------------------------------------------------------ transactions
+
+    def _c(self) -> sqlite3.Connection:
+        if self._con is None:
+            raise ProjectError(f"{self.path}: the project is closed")
+        return self._con
+
+    @contextmanager
+    def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One committed transaction; any failure rolls back and becomes a ProjectError."""
+        with self._lock:
+            con = self._c()
+            try:
+                con.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise self._write_error(what, e) from None
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException as e:
+                try:
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                if isinstance(e, sqlite3.Error):
+                    raise self._write_error(what, e) from None
+                raise
+
+    def _write_error(self, what: str, e: sqlite3.Error) -> ProjectError:
+        return ProjectError(
+            f"{self.path}: could not save {what}: {_describe_sqlite_error(e)}. This change was "
+            "rolled back; everything saved before it is intact")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            con = self._c()
+            try:
+                yield con
+            except sqlite3.Error as e:
+                raise ProjectError(f"{self.path}: cannot read the project "
+                                   f"({_describe_sqlite_error(e)})") from None
+
+    # ------------------------------------------------------------------ template
+
+    def _load_template(self) -> Template:
+        with self._read() as con:
+            row = con.execute("SELECT json FROM template WHERE id = 1").fetchone()
+        if row is None:
+            raise ProjectError(f"{self.path}: the project has no landmark template (corrupt)")
+        try:
+            return _template_cls().from_dict(json.loads(row[0]))
+        except (ValueError, LmkError) as e:
+            raise ProjectError(f"{self.path}: the stored template is invalid ({e})") from None
+
+    @property
+    def template(self) -> Template:
+        assert self._template is not None
+        return self._template
+
+    def set_template(self, template: Template) -> None:
+        """Replace the template; only while no image has a point (indices would shift)."""
+        template.validate()
+        with self._tx("the template") as con:
+            n = con.execute("SELECT count(*) FROM points").fetchone()[0]
+            if n:
+                raise ProjectError(
+                    f"{self.path}: cannot change the template: {n} landmark point(s) already "
+                    "exist (their indices refer to the current template)")
+            con.execute("UPDATE template SET json = ? WHERE id = 1",
+                        (_dumps(template.to_dict()),))
+        self._template = template
+
+    def _n(self) -> int:
+        return len(self.template)
+
+    # ------------------------------------------------------------------ images
+
+    def _resolve_stored(self, rel: str, abs_path: str) -> Path:
+        """Where the image is now: relative to the project folder first, else absolute."""
+        base = self.path.resolve().parent
+        if rel and not os.path.isabs(rel):
+            cand = base / Path(rel)
+            if cand.exists() or not Path(abs_path).exists():
+                return Path(os.path.normpath(cand))
+        return Path(abs_path)
+
+    def _store_path(self, p: Path) -> str:
+        """Relative to the project folder (POSIX) when the image lies inside it, else absolute."""
+        base = self.path.resolve().parent
+        try:
+            return p.relative_to(base).as_posix()
+        except ValueError:
+            return str(p)
+
+    def _check_file(self, row: sqlite3.Row | tuple) -> tuple[Path, bool, bool]:
+        iid, rel, abs_path, h, size, mtime_ns = row
+        p = self._resolve_stored(rel, abs_path)
+        st = _stat(p)
+        if st is None:
+            return p, True, False
+        if size == st.st_size and mtime_ns == st.st_mtime_ns:
+            return p, False, False
+        from lmk_studio.core.images import quick_hash
+
+        try:
+            return p, False, quick_hash(p) != h
+        except OSError:
+            return p, True, False
+
+    def refresh_files(self) -> None:
+        """Re-check every image file (moved / changed); done on open, call after relocating."""
+        with self._read() as con:
+            rows = con.execute(
+                "SELECT id, path, abs_path, hash, size, mtime_ns FROM images").fetchall()
+        self._file_state = {r[0]: self._check_file(r) for r in rows}
+
+    _IMG_COLS = ("id, path, abs_path, name, width, height, hash, size, mtime_ns, spacing_row, "
+                 "spacing_col, spacing_source, calibration_row, calibration_col")
+
+    def _record(self, r: tuple, project_cal: tuple[float, float] | None) -> ImageRecord:
+        (iid, rel, abs_path, name, w, h, hsh, size, mtime_ns, sr, sc, ssrc, cr, cc) = r
+        state = self._file_state.get(iid)
+        if state is None:
+            state = self._check_file((iid, rel, abs_path, hsh, size, mtime_ns))
+            self._file_state[iid] = state
+        path, missing, changed = state
+        if sr is not None and sc is not None:
+            spacing, source = (float(sr), float(sc)), ssrc
+        elif cr is not None and cc is not None:
+            spacing, source = (float(cr), float(cc)), CALIBRATION_SOURCE
+        elif project_cal is not None:
+            spacing, source = project_cal, CALIBRATION_SOURCE
+        else:
+            spacing, source = None, None
+        return ImageRecord(int(iid), path, name, int(w), int(h), hsh, spacing, source,
+                           missing, changed)
+
+    def _project_calibration(self, con: sqlite3.Connection) -> tuple[float, float] | None:
+        v = self._meta_raw(con, _META_PREFIX + "calibration")
+        return (float(v[0]), float(v[1])) if v else None
+
+    def images(self) -> list[ImageRecord]:
+        """All images in id order (re-read each call: another process may have added some)."""
+        with self._read() as con:
+            rows = con.execute(f"SELECT {self._IMG_COLS} FROM images ORDER BY id").fetchall()
+            cal = self._project_calibration(con)
+            return [self._record(r, cal) for r in rows]
+
+    def image(self, image_id: int) -> ImageRecord:
+        with self._read() as con:
+            r = con.execute(f"SELECT {self._IMG_COLS} FROM images WHERE id = ?",
+                            (int(image_id),)).fetchone()
+            if r is None:
+                raise ProjectError(f"{self.path}: no image with id {image_id}")
+            return self._record(r, self._project_calibration(con))
+
+    def add_images(self, paths: Iterable[str | Path]) -> list[ImageRecord]:
+        """Add image files; duplicates and unreadable files are skipped into .last_faults.
+
+        Metadata and hashes are read before the (single, short) transaction opens.
+        """
+        from lmk_studio.core.images import quick_hash, read_metadata
+
+        faults: list[tuple[Path, str]] = []
+        with self._read() as con:
+            known = {r[0] for r in con.execute("SELECT abs_path FROM images")}
+        rows = []
+        for raw in paths:
+            p = Path(raw)
+            try:
+                ap = p.resolve()
+            except OSError as e:
+                faults.append((p, f"cannot resolve the path ({e})"))
+                continue
+            if str(ap) in known:
+                faults.append((p, "already in the project (skipped)"))
+                continue
+            try:
+                meta = read_metadata(ap)
+                st = ap.stat()
+                h = quick_hash(ap)
+            except ImageLoadError as e:
+                faults.append((p, e.problem))
+                continue
+            except OSError as e:
+                faults.append((p, f"cannot read the file ({e.strerror or e})"))
+                continue
+            known.add(str(ap))
+            sp = meta.spacing
+            rows.append((self._store_path(ap), str(ap), ap.name, int(meta.width),
+                         int(meta.height), h, st.st_size, st.st_mtime_ns,
+                         float(sp[0]) if sp else None, float(sp[1]) if sp else None,
+                         meta.spacing_source if sp else None, _now()))
+        ids: list[int] = []
+        if rows:
+            with self._tx(f"{len(rows)} image(s)") as con:
+                for row in rows:
+                    cur = con.execute(
+                        "INSERT INTO images (path, abs_path, name, width, height, hash, size, "
+                        "mtime_ns, spacing_row, spacing_col, spacing_source, added) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                    ids.append(int(cur.lastrowid))
+        self.last_faults = faults
+        for iid in ids:
+            self._file_state.pop(iid, None)
+        return [self.image(i) for i in ids]
+
+    def _require_image(self, con: sqlite3.Connection, image_id: int) -> int:
+        try:
+            iid = int(image_id)
+        except (TypeError, ValueError):
+            raise ProjectError(f"{self.path}: {image_id!r} is not an image id") from None
+        if con.execute("SELECT 1 FROM images WHERE id = ?", (iid,)).fetchone() is None:
+            raise ProjectError(f"{self.path}: no image with id {image_id}")
+        return iid
+
+    def _require_index(self, index: int) -> int:
+        n = self._n()
+        try:
+            i = int(index)
+        except (TypeError, ValueError):
+            raise ProjectError(f"{self.path}: {index!r} is not a landmark index") from None
+        if not 0 <= i < n:
+            raise ProjectError(f"{self.path}: landmark index {index} outside 0..{n - 1} "
+                               f"(template {self.template.name!r})")
+        return i
+
+    # ------------------------------------------------------------------ points
+
+    @staticmethod
+    def _point(row: tuple) -> LandmarkPoint:
+        idx, x, y, status, source, conf, err, run_id = row
+        return LandmarkPoint(int(idx), x, y, Status(status), Source(source) if source else None,
+                             conf, err, run_id)
+
+    _PT_COLS = "idx, x, y, status, source, confidence, expected_error_px, run_id"
+
+    def points(self, image_id: int) -> list[LandmarkPoint]:
+        """len(template) points in index order; never-set ones are UNLABELLED."""
+        n = self._n()
+        with self._read() as con:
+            iid = self._require_image(con, image_id)
+            rows = con.execute(f"SELECT {self._PT_COLS} FROM points WHERE image_id = ? "
+                               "ORDER BY idx", (iid,)).fetchall()
+        out = [LandmarkPoint(i, None, None) for i in range(n)]
+        for r in rows:
+            if 0 <= r[0] < n:
+                out[r[0]] = self._point(r)
+        return out
+
+    def all_points(self) -> dict[int, list[LandmarkPoint]]:
+        """Every image's points (one consistent read)."""
+        n = self._n()
+        with self._read() as con:
+            con.execute("BEGIN")  # one snapshot for both queries
+            try:
+                ids = [r[0] for r in con.execute("SELECT id FROM images ORDER BY id")]
+                rows = con.execute(f"SELECT image_id, {self._PT_COLS} FROM points").fetchall()
+            finally:
+                con.execute("COMMIT")
+        out = {i: [LandmarkPoint(k, None, None) for k in range(n)] for i in ids}
+        for r in rows:
+            lst = out.get(r[0])
+            if lst is not None and 0 <= r[1] < n:
+                lst[r[1]] = self._point(r[1:])
+        return out
+
+    def _normalise(self, image_id: int, p: LandmarkPoint) -> LandmarkPoint:
+        """Validate one point (finite coordinates, placed statuses have x and y)."""
+        idx = self._require_index(p.index)
+        status = Status(p.status)
+        source = Source(p.source) if p.source is not None else None
+        x = _check_finite(self.path, f"image {image_id} landmark {idx}: x", p.x)
+        y = _check_finite(self.path, f"image {image_id} landmark {idx}: y", p.y)
+        conf = _check_finite(self.path, f"image {image_id} landmark {idx}: confidence",
+                             p.confidence)
+        err = _check_finite(self.path, f"image {image_id} landmark {idx}: expected error",
+                            p.expected_error_px)
+        if status not in (Status.UNLABELLED, Status.ABSENT) and (x is None or y is None):
+            raise ProjectError(f"{self.path}: image {image_id} landmark {idx}: status "
+                               f"{status.value} needs x and y")
+        if status is Status.UNLABELLED:
+            return LandmarkPoint(idx, None, None)
+        if status is Status.ABSENT:
+            x = y = None
+        run_id = int(p.run_id) if p.run_id is not None else None
+        return LandmarkPoint(idx, x, y, status, source, conf, err, run_id)
+
+    def _write_points(self, con: sqlite3.Connection, rows: Sequence[tuple[int, LandmarkPoint]]
+                      ) -> None:
+        now = _now()
+        new_ex = {iid for iid, p in rows if p.status is Status.EXEMPLAR}
+        if len(new_ex) > 1:
+            raise ProjectError(f"{self.path}: exemplar points on several images "
+                               f"({sorted(new_ex)}); a project has one exemplar")
+        if new_ex:
+            self._set_exemplar(con, next(iter(new_ex)))
+        ex = self._meta_raw(con, _META_PREFIX + "exemplar_id")
+        if ex is not None:  # the exemplar's human labels are its EXEMPLAR labels
+            rows = [(iid, replace(p, status=Status.EXEMPLAR)
+                     if iid == ex and p.status in (Status.ACCEPTED, Status.CORRECTED) else p)
+                    for iid, p in rows]
+        for iid, p in rows:
+            if p.status is Status.UNLABELLED:
+                con.execute("DELETE FROM points WHERE image_id = ? AND idx = ?", (iid, p.index))
+            else:
+                con.execute(
+                    "INSERT OR REPLACE INTO points (image_id, idx, x, y, status, source, "
+                    "confidence, expected_error_px, run_id, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (iid, p.index, p.x, p.y, p.status.value,
+                     p.source.value if p.source else None, p.confidence, p.expected_error_px,
+                     p.run_id, now))
+
+    def set_point(self, image_id: int, index: int, x: float | None, y: float | None,
+                  status: Status = Status.CORRECTED, source: Source | None = Source.MANUAL,
+                  confidence: float | None = None, expected_error_px: float | None = None,
+                  run_id: int | None = None) -> LandmarkPoint:
+        """Set one landmark (one transaction). Status.EXEMPLAR makes the image the exemplar."""
+        p = self._normalise(image_id, LandmarkPoint(index, x, y, Status(status), source,
+                                                    confidence, expected_error_px, run_id))
+        with self._tx(f"landmark {p.index} of image {image_id}") as con:
+            iid = self._require_image(con, image_id)
+            self._write_points(con, [(iid, p)])
+        return p
+
+    def set_points(self, rows: Iterable[tuple[int, LandmarkPoint]]) -> None:
+        """Set many landmarks in ONE transaction (all or nothing)."""
+        rows = list(rows)
+        norm = [(iid, self._normalise(iid, p)) for iid, p in rows]
+        if not norm:
+            return
+        with self._tx(f"{len(norm)} landmark point(s)") as con:
+            ids = {iid for iid, _ in norm}
+            checked = {iid: self._require_image(con, iid) for iid in ids}
+            self._write_points(con, [(checked[iid], p) for iid, p in norm])
+
+    def mark_absent(self, image_id: int, index: int) -> None:
+        """The landmark is not visible on this image (a trusted human statement)."""
+        self.set_point(image_id, index, None, None, Status.ABSENT, Source.MANUAL)
+
+    def clear_point(self, image_id: int, index: int) -> None:
+        """Back to UNLABELLED."""
+        self.set_point(image_id, index, None, None, Status.UNLABELLED, None)
+
+    def set_status(self, image_id: int, index: int, status: Status) -> LandmarkPoint:
+        """Change the status only (e.g. accept: PREDICTED -> ACCEPTED keeps x, y and source)."""
+        status = Status(status)
+        idx = self._require_index(index)
+        with self._tx(f"the status of landmark {idx} of image {image_id}") as con:
+            iid = self._require_image(con, image_id)
+            r = con.execute(f"SELECT {self._PT_COLS} FROM points WHERE image_id = ? AND idx = ?",
+                            (iid, idx)).fetchone()
+            cur = self._point(r) if r else LandmarkPoint(idx, None, None)
+            new = self._normalise(iid, LandmarkPoint(idx, cur.x, cur.y, status, cur.source,
+                                                     cur.confidence, cur.expected_error_px,
+                                                     cur.run_id))
+            self._write_points(con, [(iid, new)])
+        return new
+
+    # ------------------------------------------------------------------ exemplar
+
+    @property
+    def exemplar_id(self) -> int | None:
+        with self._read() as con:
+            v = self._meta_raw(con, _META_PREFIX + "exemplar_id")
+        return int(v) if v is not None else None
+
+    def _set_exemplar(self, con: sqlite3.Connection, iid: int | None) -> None:
+        old = self._meta_raw(con, _META_PREFIX + "exemplar_id")
+        if old is not None and old != iid:  # the old exemplar's labels stay, as human labels
+            con.execute("UPDATE points SET status = ?, updated = ? WHERE image_id = ? AND "
+                        "status = ?", (Status.CORRECTED.value, _now(), old,
+                                       Status.EXEMPLAR.value))
+        if iid is not None and old != iid:  # its trusted labels become the exemplar's
+            con.execute("UPDATE points SET status = ?, updated = ? WHERE image_id = ? AND "
+                        "status IN (?, ?)", (Status.EXEMPLAR.value, _now(), iid,
+                                             Status.ACCEPTED.value, Status.CORRECTED.value))
+        con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    (_META_PREFIX + "exemplar_id", _dumps(iid)))
+
+    def set_exemplar(self, image_id: int | None) -> None:
+        """Make an image the exemplar (its trusted points become EXEMPLAR; the previous
+        exemplar's become CORRECTED). None: no exemplar."""
+        with self._tx("the exemplar") as con:
+            iid = self._require_image(con, image_id) if image_id is not None else None
+            self._set_exemplar(con, iid)
+
+    # ------------------------------------------------------------------ calibration
+
+    def set_calibration(self, spacing: tuple[float, float] | None,
+                        image_id: int | None = None) -> None:
+        """User pixel spacing (row, col mm/px): per image, or the project default (None).
+
+        A spacing from the file (DICOM) still wins; see ImageRecord.spacing.
+        """
+        sp = None
+        if spacing is not None:
+            try:
+                r, c = spacing
+            except (TypeError, ValueError):
+                raise ProjectError(f"{self.path}: spacing must be (row, col) mm/px, "
+                                   f"got {spacing!r}") from None
+            r = _check_finite(self.path, "row spacing", r)
+            c = _check_finite(self.path, "column spacing", c)
+            if r is None or c is None or r <= 0 or c <= 0:
+                raise ProjectError(f"{self.path}: spacing must be positive mm/px, "
+                                   f"got {spacing!r}")
+            sp = (r, c)
+        with self._tx("the calibration") as con:
+            if image_id is None:
+                con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                            (_META_PREFIX + "calibration", _dumps(list(sp) if sp else None)))
+            else:
+                iid = self._require_image(con, image_id)
+                con.execute("UPDATE images SET calibration_row = ?, calibration_col = ? "
+                            "WHERE id = ?", (sp[0] if sp else None, sp[1] if sp else None, iid))
+
+    def calibration(self, image_id: int | None = None) -> tuple[float, float] | None:
+        """The user calibration itself (not the file spacing): per image or project default."""
+        with self._read() as con:
+            if image_id is None:
+                return self._project_calibration(con)
+            iid = self._require_image(con, image_id)
+            r = con.execute("SELECT calibration_row, calibration_col FROM images WHERE id = ?",
+                            (iid,)).fetchone()
+        return (float(r[0]), float(r[1])) if r[0] is not None and r[1] is not None else None
+
+    # ------------------------------------------------------------------ runs
+
+    @staticmethod
+    def _run(r: tuple) -> RunRecord:
+        rid, kind, status, cfg, met, ck, tm, started, finished = r
+        return RunRecord(int(rid), kind, status, json.loads(cfg), json.loads(met),
+                         json.loads(ck), json.loads(tm), started, finished)
+
+    _RUN_COLS = "id, kind, status, config, metrics, checkpoints, timings, started, finished"
+
+    def start_run(self, kind: str, config: dict | None = None) -> int:
+        if not isinstance(kind, str) or not kind.strip():
+            raise ProjectError(f"{self.path}: a run needs a kind, got {kind!r}")
+        with self._tx(f"the start of a {kind} run") as con:
+            cur = con.execute("INSERT INTO runs (kind, status, config, started) "
+                              "VALUES (?, 'running', ?, ?)",
+                              (kind, _dumps(config or {}), _now()))
+            return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, status: str, metrics: dict | None = None,
+                   checkpoints: dict | None = None, timings: dict | None = None) -> None:
+        """Record the outcome; a None dict keeps what the run already has."""
+        if status not in RUN_STATUSES:
+            raise ProjectError(f"{self.path}: run status must be one of "
+                               f"{', '.join(RUN_STATUSES)}, got {status!r}")
+        with self._tx(f"the end of run {run_id}") as con:
+            r = con.execute("SELECT metrics, checkpoints, timings FROM runs WHERE id = ?",
+                            (int(run_id),)).fetchone()
+            if r is None:
+                raise ProjectError(f"{self.path}: no run with id {run_id}")
+            vals = [(_dumps(new) if new is not None else old)
+                    for new, old in zip((metrics, checkpoints, timings), r, strict=True)]
+            con.execute("UPDATE runs SET status = ?, metrics = ?, checkpoints = ?, timings = ?, "
+                        "finished = ? WHERE id = ?",
+                        (status, *vals, None if status == "running" else _now(), int(run_id)))
+
+    def runs(self) -> list[RunRecord]:
+        with self._read() as con:
+            rows = con.execute(f"SELECT {self._RUN_COLS} FROM runs ORDER BY id").fetchall()
+        return [self._run(r) for r in rows]
+
+    def run(self, run_id: int) -> RunRecord:
+        with self._read() as con:
+            r = con.execute(f"SELECT {self._RUN_COLS} FROM runs WHERE id = ?",
+                            (int(run_id),)).fetchone()
+        if r is None:
+            raise ProjectError(f"{self.path}: no run with id {run_id}")
+        return self._run(r)
+
+    def record_predictions(self, run_id: int, rows: Iterable[tuple[int, LandmarkPoint]]) -> None:
+        """A run's output history (kept apart from the current points), one transaction."""
+        norm = [(int(iid), self._normalise(iid, p)) for iid, p in rows]
+        if not norm:
+            return
+        with self._tx(f"the predictions of run {run_id}") as con:
+            if con.execute("SELECT 1 FROM runs WHERE id = ?", (int(run_id),)).fetchone() is None:
+                raise ProjectError(f"{self.path}: no run with id {run_id}")
+            for iid in {i for i, _ in norm}:
+                self._require_image(con, iid)
+            con.executemany(
+                "INSERT OR REPLACE INTO predictions (run_id, image_id, idx, x, y, confidence, "
+                "expected_error_px, status, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(int(run_id), iid, p.index, p.x, p.y, p.confidence, p.expected_error_px,
+                  p.status.value, p.source.value if p.source else None) for iid, p in norm])
+
+    def predictions(self, run_id: int) -> dict[int, list[LandmarkPoint]]:
+        """image id -> the points the run recorded for it (index order; only recorded ones)."""
+        with self._read() as con:
+            rows = con.execute(
+                "SELECT image_id, idx, x, y, status, source, confidence, expected_error_px "
+                "FROM predictions WHERE run_id = ? ORDER BY image_id, idx",
+                (int(run_id),)).fetchall()
+        out: dict[int, list[LandmarkPoint]] = {}
+        for r in rows:
+            out.setdefault(int(r[0]), []).append(self._point((*r[1:], int(run_id))))
+        return out
+
+    # ------------------------------------------------------------------ meta
+
+    @staticmethod
+    def _meta_raw(con: sqlite3.Connection, key: str) -> Any:
+        r = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(r[0]) if r else None
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        """A JSON value stored under key (GUI state, user settings of this project)."""
+        with self._read() as con:
+            r = con.execute("SELECT value FROM meta WHERE key = ?", (str(key),)).fetchone()
+        return json.loads(r[0]) if r else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        if not isinstance(key, str) or not key or key.startswith(_META_PREFIX):
+            raise ProjectError(f"{self.path}: meta key {key!r} is empty or reserved "
+                               f"(keys starting {_META_PREFIX!r} belong to the store)")
+        data = _dumps(value)
+        with self._tx(f"setting {key!r}") as con:
+            con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, data))
+
+    # ------------------------------------------------------------------ summary
+
+    def schema_version(self) -> int:
+        with self._read() as con:
+            return int(con.execute("PRAGMA user_version").fetchone()[0])
+
+    def status_counts(self) -> dict[Status, int]:
+        """How many image x landmark slots are in each status (UNLABELLED included)."""
+        n = self._n()
+        with self._read() as con:
+            n_img = con.execute("SELECT count(*) FROM images").fetchone()[0]
+            rows = con.execute("SELECT status, count(*) FROM points p JOIN images i "
+                               "ON i.id = p.image_id WHERE p.idx < ? GROUP BY status",
+                               (n,)).fetchall()
+        counts = {s: 0 for s in Status}
+        for s, c in rows:
+            counts[Status(s)] += int(c)
+        counts[Status.UNLABELLED] += n_img * n - sum(counts.values())
+        return counts
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's full integrity check: ["ok"] for a sound file."""
+        with self._read() as con:
+            return [r[0] for r in con.execute("PRAGMA integrity_check").fetchall()]
+
+
+def _remove_quietly(path: Path) -> None:
+    for p in (path, Path(str(path) + "-wal"), Path(str(path) + "-shm")):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+__all__ = ["ImageRecord", "RunRecord", "Project", "inspect_project_file", "SCHEMA_VERSION",
+           "MIGRATIONS", "CALIBRATION_SOURCE", "RUN_STATUSES"]

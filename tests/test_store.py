@@ -1,0 +1,492 @@
+"""Project store: contract behaviour, refusal of foreign/corrupt/newer files without touching them,
+schema migration, moved/changed images, write failures that lose nothing, two handles at once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmk_studio.core.errors import LmkError, ProjectError
+from lmk_studio.core.points import LandmarkPoint, Source, Status
+from lmk_studio.core.templates import LandmarkDef, Template
+
+store = pytest.importorskip("lmk_studio.core.store")
+pytest.importorskip("lmk_studio.core.images")  # add_images reads metadata through core.images
+Project = store.Project
+
+
+def _template(n: int = 4, name: str = "t4") -> Template:
+    return Template(name, [LandmarkDef(f"L{i}", f"landmark {i}") for i in range(n)])
+
+
+def _png(path: Path, h: int = 24, w: int = 32, value: int = 0) -> Path:
+    import cv2
+
+    img = np.full((h, w), value, np.uint8)
+    img[h // 2, w // 2] = 255
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def _folder(root: Path, n: int = 3) -> Path:
+    d = root / "images"
+    for i in range(n):
+        _png(d / f"img{i:02d}.png", value=i * 10)
+    return d
+
+
+@pytest.fixture
+def proj(tmp_path: Path):
+    p = Project.create(tmp_path / "p.lmk", _template(), _folder(tmp_path))
+    yield p
+    p.close()
+
+
+def _stored_paths(lmk: Path) -> list[str]:
+    with sqlite3.connect(lmk) as c:
+        return [r[0] for r in c.execute("SELECT path FROM images ORDER BY id")]
+
+
+# --------------------------------------------------------------------------- create / open
+
+
+def test_create_then_open_round_trip_with_relative_paths_and_unicode(tmp_path: Path) -> None:
+    root = tmp_path / "études ü 測試"
+    d = _folder(root, 3)
+    with Project.create(root / "proj.lmk", _template(), d) as p:
+        assert p.last_faults == []
+        recs = p.images()
+        assert [r.id for r in recs] == sorted(r.id for r in recs)
+        assert [r.name for r in recs] == ["img00.png", "img01.png", "img02.png"]
+        assert all((r.width, r.height) == (32, 24) for r in recs)
+        assert all(r.path.is_absolute() and r.path.exists() for r in recs)
+        assert not any(r.missing or r.changed for r in recs)
+        assert all(r.spacing is None and r.spacing_source is None for r in recs)
+        assert p.schema_version() == store.SCHEMA_VERSION
+    assert _stored_paths(root / "proj.lmk") == [
+        "images/img00.png", "images/img01.png", "images/img02.png"]
+    with Project.open(root / "proj.lmk") as p:
+        assert p.template == _template()
+        assert len(p.template) == 4
+        assert [r.name for r in p.images()] == ["img00.png", "img01.png", "img02.png"]
+        assert p.integrity_check() == ["ok"]
+        mode = p._c().execute("PRAGMA journal_mode").fetchone()[0]
+        sync = p._c().execute("PRAGMA synchronous").fetchone()[0]
+        assert (mode, sync) == ("wal", 2)  # 2 = FULL
+
+
+def test_images_outside_the_project_folder_are_stored_absolute(tmp_path: Path) -> None:
+    d = _folder(tmp_path / "elsewhere", 1)
+    with Project.create(tmp_path / "projects" / "p.lmk", _template(), d) as p:
+        assert p.images()[0].path == (d / "img00.png").resolve()
+    assert _stored_paths(tmp_path / "projects" / "p.lmk") == [str((d / "img00.png").resolve())]
+
+
+def test_create_refuses_an_existing_file_and_leaves_it_byte_identical(tmp_path: Path) -> None:
+    target = tmp_path / "p.lmk"
+    target.write_bytes(b"the user's precious file")
+    with pytest.raises(ProjectError, match="already exists") as ei:
+        Project.create(target, _template())
+    assert str(target) in str(ei.value)
+    assert target.read_bytes() == b"the user's precious file"
+
+
+def test_create_with_a_missing_images_folder_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(LmkError):
+        Project.create(tmp_path / "p.lmk", _template(), tmp_path / "no-such-folder")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_faulty_and_duplicate_images_are_reported_and_skipped(tmp_path: Path) -> None:
+    d = _folder(tmp_path, 2)
+    (d / "fake.png").write_text("this is text, not a PNG")
+    with Project.create(tmp_path / "p.lmk", _template(), d) as p:
+        assert [r.name for r in p.images()] == ["img00.png", "img01.png"]
+        assert [f[0].name for f in p.last_faults] == ["fake.png"]
+        assert p.last_faults[0][1]
+        added = p.add_images([d / "img00.png", _png(tmp_path / "new.png")])
+        assert [r.name for r in added] == ["new.png"]
+        assert p.last_faults == [(d / "img00.png", "already in the project (skipped)")]
+        assert len(p.images()) == 3
+
+
+# --------------------------------------------------------------------------- points
+
+
+def test_points_are_len_template_and_edits_persist(tmp_path: Path, proj) -> None:
+    a, b, c = (r.id for r in proj.images())
+    pts = proj.points(a)
+    assert pts == [LandmarkPoint(i, None, None) for i in range(4)]
+    got = proj.set_point(a, 1, 10.25, 11.5, confidence=0.5)
+    assert got == LandmarkPoint(1, 10.25, 11.5, Status.CORRECTED, Source.MANUAL, 0.5)
+    proj.set_points([(b, LandmarkPoint(0, 1.0, 2.0, Status.PREDICTED, Source.STAGE2, 0.9, 3.5, 7)),
+                     (b, LandmarkPoint(3, 4.0, 5.0, Status.PREDICTED, Source.STAGE2, 0.2, 9.0, 7))])
+    proj.mark_absent(c, 2)
+    proj.set_point(c, 0, 3.0, 3.0)
+    proj.clear_point(c, 0)
+    accepted = proj.set_status(b, 0, Status.ACCEPTED)
+    assert (accepted.x, accepted.y, accepted.source, accepted.run_id) == (1.0, 2.0,
+                                                                           Source.STAGE2, 7)
+    path = proj.path
+    proj.close()
+    with Project.open(path) as p:
+        assert p.points(a)[1] == got
+        assert p.points(b)[0] == LandmarkPoint(0, 1.0, 2.0, Status.ACCEPTED, Source.STAGE2, 0.9,
+                                               3.5, 7)
+        assert p.points(b)[3].expected_error_px == 9.0
+        assert p.points(c)[2].status is Status.ABSENT and not p.points(c)[2].placed
+        assert p.points(c)[0] == LandmarkPoint(0, None, None)
+        allp = p.all_points()
+        assert set(allp) == {a, b, c} and all(len(v) == 4 for v in allp.values())
+        assert allp[b] == p.points(b)
+        counts = p.status_counts()
+        assert counts[Status.ACCEPTED] == 1 and counts[Status.PREDICTED] == 1
+        assert counts[Status.CORRECTED] == 1 and counts[Status.ABSENT] == 1
+        assert sum(counts.values()) == 12
+
+
+@pytest.mark.parametrize("bad", [
+    dict(index=4, x=1.0, y=1.0),                 # index outside the template
+    dict(index=0, x=float("nan"), y=1.0),        # NaN coordinate
+    dict(index=0, x=None, y=1.0),                # a placed status needs both coordinates
+    dict(index=0, x="left", y=1.0),              # not a number
+])
+def test_invalid_point_is_refused_and_a_batch_writes_nothing(proj, bad) -> None:
+    a = proj.images()[0].id
+    with pytest.raises(ProjectError) as ei:
+        proj.set_points([(a, LandmarkPoint(1, 5.0, 5.0)),
+                         (a, LandmarkPoint(bad["index"], bad["x"], bad["y"], Status.CORRECTED))])
+    assert str(proj.path) in str(ei.value)
+    assert proj.points(a) == [LandmarkPoint(i, None, None) for i in range(4)]
+
+
+def test_unknown_image_is_refused_and_the_batch_rolls_back(proj) -> None:
+    a = proj.images()[0].id
+    with pytest.raises(ProjectError, match="no image with id 999"):
+        proj.set_points([(a, LandmarkPoint(0, 1.0, 1.0, Status.CORRECTED)),
+                         (999, LandmarkPoint(0, 1.0, 1.0, Status.CORRECTED))])
+    assert not proj.points(a)[0].placed
+
+
+def test_exemplar_follows_exemplar_points_and_can_move(proj) -> None:
+    a, b, _ = (r.id for r in proj.images())
+    assert proj.exemplar_id is None
+    proj.set_point(a, 0, 5.0, 6.0, status=Status.EXEMPLAR)
+    assert proj.exemplar_id == a
+    proj.set_point(a, 1, 7.0, 8.0)  # a manual edit on the exemplar is an exemplar label
+    assert proj.points(a)[1].status is Status.EXEMPLAR
+    proj.set_point(b, 0, 1.0, 1.0, status=Status.ACCEPTED)
+    proj.set_exemplar(b)
+    assert proj.exemplar_id == b
+    assert [p.status for p in proj.points(a)[:2]] == [Status.CORRECTED, Status.CORRECTED]
+    assert proj.points(b)[0].status is Status.EXEMPLAR
+    with pytest.raises(ProjectError, match="one exemplar"):
+        proj.set_points([(a, LandmarkPoint(2, 1.0, 1.0, Status.EXEMPLAR)),
+                         (b, LandmarkPoint(2, 1.0, 1.0, Status.EXEMPLAR))])
+    assert proj.exemplar_id == b
+
+
+def test_calibration_precedence_file_then_image_then_project(proj) -> None:
+    a, b, c = (r.id for r in proj.images())
+    proj.set_calibration((0.1, 0.1))
+    proj.set_calibration((0.2, 0.25), image_id=b)
+    # a file spacing (DICOM PixelSpacing) wins over any calibration
+    proj._c().execute("UPDATE images SET spacing_row = 0.5, spacing_col = 0.5, "
+                      "spacing_source = 'PixelSpacing' WHERE id = ?", (c,))
+    got = {r.id: (r.spacing, r.spacing_source) for r in proj.images()}
+    assert got[a] == ((0.1, 0.1), store.CALIBRATION_SOURCE)
+    assert got[b] == ((0.2, 0.25), store.CALIBRATION_SOURCE)
+    assert got[c] == ((0.5, 0.5), "PixelSpacing")
+    assert proj.calibration() == (0.1, 0.1) and proj.calibration(b) == (0.2, 0.25)
+    proj.set_calibration(None)
+    assert proj.image(a).spacing is None
+    for bad in [(0.0, 0.1), (-1.0, 1.0), (float("inf"), 1.0), (0.1,)]:
+        with pytest.raises(ProjectError):
+            proj.set_calibration(bad)
+
+
+def test_runs_and_prediction_history(proj) -> None:
+    a, b, _ = (r.id for r in proj.images())
+    rid = proj.start_run("stage2", {"preset": "cpu", "lr": np.float32(0.5),
+                                    "dir": Path("/x/y"), "ids": np.arange(3)})
+    r = proj.run(rid)
+    assert (r.kind, r.status, r.finished) == ("stage2", "running", None)
+    assert r.config == {"preset": "cpu", "lr": 0.5, "dir": "/x/y", "ids": [0, 1, 2]}
+    rows = [(a, LandmarkPoint(2, 3.0, 4.0, Status.PREDICTED, Source.STAGE2, 0.7, 2.0)),
+            (b, LandmarkPoint(0, 5.0, 6.0, Status.PREDICTED, Source.STAGE2, 0.1, 8.0))]
+    proj.record_predictions(rid, rows)
+    proj.finish_run(rid, "finished", metrics={"mre_px": 2.5}, timings={"train_s": 12.0})
+    proj.finish_run(rid, "finished", checkpoints={"model": "m.pt"})  # None keeps metrics
+    r = proj.run(rid)
+    assert r.status == "finished" and r.finished is not None
+    assert (r.metrics, r.checkpoints, r.timings) == ({"mre_px": 2.5}, {"model": "m.pt"},
+                                                     {"train_s": 12.0})
+    preds = proj.predictions(rid)
+    assert preds[a] == [LandmarkPoint(2, 3.0, 4.0, Status.PREDICTED, Source.STAGE2, 0.7, 2.0,
+                                      rid)]
+    assert preds[b][0].expected_error_px == 8.0
+    assert proj.points(a)[2] == LandmarkPoint(2, None, None)  # history is not current points
+    assert [x.id for x in proj.runs()] == [rid]
+    with pytest.raises(ProjectError, match="run status"):
+        proj.finish_run(rid, "done-ish")
+    with pytest.raises(ProjectError, match="no run with id"):
+        proj.run(rid + 1)
+
+
+def test_meta_and_template_editing_rules(proj) -> None:
+    proj.set_meta("gui.zoom", {"level": 2.5, "names": ["é", "ü"]})
+    assert proj.get_meta("gui.zoom") == {"level": 2.5, "names": ["é", "ü"]}
+    assert proj.get_meta("absent", 42) == 42
+    with pytest.raises(ProjectError, match="reserved"):
+        proj.set_meta("lmk:exemplar_id", 3)
+    proj.set_template(_template(6, "six"))
+    assert len(proj.template) == 6 and len(proj.points(proj.images()[0].id)) == 6
+    proj.set_point(proj.images()[0].id, 5, 1.0, 1.0)
+    with pytest.raises(ProjectError, match="cannot change the template"):
+        proj.set_template(_template(3, "three"))
+    with Project.open(proj.path) as again:
+        assert again.template.name == "six"
+
+
+# --------------------------------------------------------------------------- moved / changed
+
+
+def test_moved_and_changed_images_are_noticed_on_open(tmp_path: Path) -> None:
+    root = tmp_path / "study"
+    d = _folder(root, 3)
+    with Project.create(root / "p.lmk", _template(), d) as p:
+        p.set_point(p.images()[0].id, 0, 1.0, 2.0)
+    # the whole folder moves: relative paths keep it working
+    moved = tmp_path / "moved study"
+    shutil.move(str(root), str(moved))
+    with Project.open(moved / "p.lmk") as p:
+        recs = p.images()
+        assert all(r.path.parent == (moved / "images").resolve() for r in recs)
+        assert not any(r.missing or r.changed for r in recs)
+    # one file deleted, one rewritten with other pixels, one only touched
+    (moved / "images" / "img00.png").unlink()
+    _png(moved / "images" / "img01.png", value=200)
+    t = moved / "images" / "img02.png"
+    data = t.read_bytes()
+    time.sleep(0.01)
+    t.write_bytes(data)
+    with Project.open(moved / "p.lmk") as p:
+        state = {r.name: (r.missing, r.changed) for r in p.images()}
+        assert state == {"img00.png": (True, False), "img01.png": (False, True),
+                         "img02.png": (False, False)}
+        assert p.points(p.images()[0].id)[0].x == 1.0  # nothing lost with the file
+
+
+# --------------------------------------------------------------------------- refused files
+
+
+def _assert_refused(path: Path, match: str) -> None:
+    before = path.read_bytes()
+    siblings = sorted(x.name for x in path.parent.iterdir())
+    with pytest.raises(ProjectError, match=match) as ei:
+        Project.open(path)
+    assert str(path) in str(ei.value)
+    assert path.read_bytes() == before
+    assert sorted(x.name for x in path.parent.iterdir()) == siblings
+
+
+def test_refuses_missing_empty_and_non_sqlite_files(tmp_path: Path) -> None:
+    with pytest.raises(ProjectError, match="not found"):
+        Project.open(tmp_path / "nope.lmk")
+    (tmp_path / "empty.lmk").write_bytes(b"")
+    _assert_refused(tmp_path / "empty.lmk", "empty")
+    (tmp_path / "text.lmk").write_text("name,x,y\nS,1,2\n")
+    _assert_refused(tmp_path / "text.lmk", "not an SQLite database")
+    _png(tmp_path / "image.lmk")
+    _assert_refused(tmp_path / "image.lmk", "not an SQLite database")
+
+
+def test_refuses_another_programs_sqlite_database(tmp_path: Path) -> None:
+    other = tmp_path / "other.lmk"
+    with sqlite3.connect(other) as c:
+        c.execute("CREATE TABLE contacts (name TEXT)")
+        c.execute("INSERT INTO contacts VALUES ('x')")
+    c.close()
+    _assert_refused(other, "not an lmk_studio project")
+
+
+def test_refuses_a_newer_schema_untouched(tmp_path: Path) -> None:
+    lmk = tmp_path / "p.lmk"
+    Project.create(lmk, _template()).close()
+    with sqlite3.connect(lmk) as c:
+        c.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
+    c.close()
+    _assert_refused(lmk, "newer lmk_studio")
+
+
+def test_refuses_a_corrupt_file_untouched(tmp_path: Path) -> None:
+    lmk = tmp_path / "p.lmk"
+    with Project.create(lmk, _template(), _folder(tmp_path, 3)) as p:
+        p.set_points([(r.id, LandmarkPoint(i, 1.0, 1.0, Status.CORRECTED))
+                      for r in p.images() for i in range(4)])
+    data = bytearray(lmk.read_bytes())
+    page = 4096
+    assert len(data) >= 3 * page
+    data[page: 3 * page] = bytes([0xA5]) * (2 * page)  # b-tree pages 2-3 overwritten
+    lmk.write_bytes(bytes(data))
+    _assert_refused(lmk, "corrupt")
+
+
+def test_refuses_a_truncated_file_untouched(tmp_path: Path) -> None:
+    lmk = tmp_path / "p.lmk"
+    with Project.create(lmk, _template(), _folder(tmp_path, 3)):
+        pass
+    data = lmk.read_bytes()
+    lmk.write_bytes(data[: len(data) // 2])
+    _assert_refused(lmk, "corrupt")
+
+
+# --------------------------------------------------------------------------- migration
+
+
+def _build_v1_by_hand(path: Path, image: Path) -> None:
+    """A schema v1 file as the first layout wrote it (no expected error, no predictions)."""
+    c = sqlite3.connect(path)
+    c.execute(f"PRAGMA application_id = {store.APPLICATION_ID}")
+    for stmt in store.MIGRATIONS[1]:
+        c.execute(stmt)
+    c.execute("PRAGMA user_version = 1")
+    c.executemany("INSERT INTO meta VALUES (?, ?)", [
+        ("lmk:format", json.dumps(store.FORMAT_MARK)), ("lmk:exemplar_id", "1"),
+        ("gui.zoom", "3")])
+    c.execute("INSERT INTO template VALUES (1, ?)", (json.dumps(_template().to_dict()),))
+    from lmk_studio.core.images import quick_hash
+
+    st = image.stat()
+    c.execute("INSERT INTO images (id, path, abs_path, name, width, height, hash, size, "
+              "mtime_ns, added) VALUES (1, ?, ?, ?, 32, 24, ?, ?, ?, 'then')",
+              ("images/img00.png", str(image.resolve()), image.name, quick_hash(image),
+               st.st_size, st.st_mtime_ns))
+    c.execute("INSERT INTO points VALUES (1, 2, 4.5, 5.5, 'exemplar', 'manual', NULL, NULL, "
+              "'then')")
+    c.execute("INSERT INTO runs (kind, status, config, started) VALUES ('stage1', 'finished', "
+              "'{\"preset\": \"cpu\"}', 'then')")
+    c.commit()
+    c.close()
+
+
+def test_a_v1_file_is_backed_up_and_upgraded_with_its_data(tmp_path: Path) -> None:
+    d = _folder(tmp_path, 1)
+    lmk = tmp_path / "old.lmk"
+    _build_v1_by_hand(lmk, d / "img00.png")
+    with Project.open(lmk) as p:
+        assert p.schema_version() == store.SCHEMA_VERSION
+        assert p.exemplar_id == 1
+        assert p.points(1)[2] == LandmarkPoint(2, 4.5, 5.5, Status.EXEMPLAR, Source.MANUAL)
+        assert p.runs()[0].config == {"preset": "cpu"}
+        assert p.get_meta("gui.zoom") == 3
+        assert not p.images()[0].missing and not p.images()[0].changed
+        p.set_point(1, 0, 1.0, 1.0, expected_error_px=2.0)  # v2 column usable
+        rid = p.start_run("stage2", {})
+        p.record_predictions(rid, [(1, LandmarkPoint(0, 1.0, 1.0, Status.PREDICTED))])
+        assert p.integrity_check() == ["ok"]
+    backup = tmp_path / "old.lmk.schema-v1.bak"
+    with sqlite3.connect(f"file:{backup}?mode=ro", uri=True) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert c.execute("SELECT x, y FROM points").fetchall() == [(4.5, 5.5)]
+    c.close()
+    with Project.open(lmk) as p:  # second open: already current, no new backup needed
+        assert p.points(1)[0].expected_error_px == 2.0
+
+
+# --------------------------------------------------------------------------- write failures
+
+
+def test_full_disk_is_a_clear_error_and_loses_nothing(proj) -> None:
+    a = proj.images()[0].id
+    proj.set_point(a, 0, 1.0, 2.0)
+    con = proj._c()
+    pages = con.execute("PRAGMA page_count").fetchone()[0]
+    con.execute(f"PRAGMA max_page_count = {pages}")  # real SQLITE_FULL on the next growth
+    big = [(r.id, LandmarkPoint(i, float(k), 1.0, Status.PREDICTED, Source.STAGE1))
+           for k, r in enumerate(proj.images()) for i in range(4)]
+    with pytest.raises(ProjectError) as ei:
+        proj.start_run("stage1", {"pad": "x" * 50_000})
+    msg = str(ei.value)
+    assert str(proj.path) in msg and "disk is full" in msg and "rolled back" in msg
+    con.execute("PRAGMA max_page_count = 1073741823")
+    proj.set_points(big)  # the project keeps working after space is freed
+    assert proj.runs() == []
+    assert proj.points(a)[0].x == 0.0 and proj.integrity_check() == ["ok"]
+
+
+class _ReadOnlyConnection:
+    """A connection whose writes fail as on a read-only medium (tests run as root, so chmod
+    would not stop the writes)."""
+
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self._con = con
+
+    def execute(self, sql: str, *args):
+        if sql.split()[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return self._con.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self._con, name)
+
+
+def test_read_only_location_is_a_clear_error_and_loses_nothing(proj) -> None:
+    a = proj.images()[0].id
+    proj.set_point(a, 0, 1.0, 2.0)
+    real = proj._con
+    proj._con = _ReadOnlyConnection(real)
+    try:
+        with pytest.raises(ProjectError) as ei:
+            proj.set_point(a, 0, 9.0, 9.0)
+        assert "read-only" in str(ei.value) and str(proj.path) in str(ei.value)
+        assert not real.in_transaction
+        assert proj.points(a)[0].x == 1.0
+    finally:
+        proj._con = real
+    proj.set_point(a, 0, 3.0, 3.0)
+    assert proj.points(a)[0].x == 3.0
+
+
+# --------------------------------------------------------------------------- two handles
+
+
+def test_two_handles_see_each_others_commits_and_wait_for_the_lock(proj) -> None:
+    a, b, _ = (r.id for r in proj.images())
+    other = Project.open(proj.path)
+    try:
+        proj.set_point(a, 0, 1.0, 1.0)
+        assert other.points(a)[0].x == 1.0
+        rid = other.start_run("stage2", {})
+        assert [r.id for r in proj.runs()] == [rid]
+        # proj holds the write lock for 0.3 s; other's edit waits (busy_timeout), then lands
+        con = proj._c()
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("UPDATE points SET x = 5.0 WHERE image_id = ? AND idx = 0", (a,))
+        t0 = time.perf_counter()
+        timer = threading.Timer(0.3, lambda: con.execute("COMMIT"))
+        timer.start()
+        other.set_point(b, 1, 2.0, 2.0)
+        waited = time.perf_counter() - t0
+        timer.join()
+        assert waited >= 0.25
+        assert proj.points(b)[1].x == 2.0 and other.points(a)[0].x == 5.0
+    finally:
+        other.close()
+
+
+def test_closed_project_says_so(proj) -> None:
+    proj.close()
+    with pytest.raises(ProjectError, match="closed"):
+        proj.images()
+    proj.close()  # idempotent
