@@ -1,0 +1,267 @@
+"""DICOM loading: modality LUT, windows, MONOCHROME1, spacing sources, compressed syntaxes,
+refusals (multi-frame, no pixel data, truncated, not DICOM). Files crafted with pydicom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+    generate_uid,
+)
+
+from lmk_studio.core.errors import ImageLoadError
+from lmk_studio.core.images import (
+    SPACING_IMAGER,
+    SPACING_PIXEL,
+    ImageFolder,
+    list_images,
+    load_image,
+    read_metadata,
+)
+
+DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+
+
+def _ramp(h: int = 24, w: int = 32, top: int = 4000) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return ((x + 3 * y) * top // (w - 1 + 3 * (h - 1))).astype(np.uint16)
+
+
+def make_dicom(
+    path: Path,
+    arr: np.ndarray | None,
+    tsx=ExplicitVRLittleEndian,
+    photometric: str = "MONOCHROME2",
+    bits: int = 12,
+    signed: bool = False,
+    frames: int = 1,
+    **attrs,
+) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DX_STORAGE if arr is not None else "1.2.840.10008.5.1.4.1.1.88.11"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = tsx
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX" if arr is not None else "SR"
+    ds.PatientName = "Test^Patient"
+    if arr is not None:
+        ds.Rows, ds.Columns = arr.shape[-2], arr.shape[-1]
+        ds.SamplesPerPixel = 3 if photometric == "RGB" else 1
+        ds.PhotometricInterpretation = photometric
+        ds.BitsAllocated = 8 if arr.dtype == np.uint8 else 16
+        ds.BitsStored = 8 if arr.dtype == np.uint8 else bits
+        ds.HighBit = ds.BitsStored - 1
+        ds.PixelRepresentation = 1 if signed else 0
+        if photometric == "RGB":
+            ds.PlanarConfiguration = 0
+            ds.Rows, ds.Columns = arr.shape[0], arr.shape[1]
+        if frames > 1:
+            ds.NumberOfFrames = frames
+        big = tsx == ExplicitVRBigEndian
+        dt = arr.dtype.newbyteorder(">") if big else arr.dtype
+        ds.PixelData = arr.astype(dt).tobytes()
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_basic_dicom_with_pixel_spacing(tmp_path: Path) -> None:
+    arr = _ramp()
+    p = make_dicom(tmp_path / "a.dcm", arr, PixelSpacing=[0.1, 0.12],
+                   ImagerPixelSpacing=[0.15, 0.15])
+    m = read_metadata(p)
+    assert (m.width, m.height, m.bit_depth, m.kind) == (32, 24, 12, "dicom")
+    assert m.spacing == (0.1, 0.12) and m.spacing_source == SPACING_PIXEL
+    assert m.window is None and m.photometric == "MONOCHROME2"
+    x = load_image(p)
+    np.testing.assert_array_equal(x.pixels, arr.astype(np.float32))
+    lo, hi = x.default_range()  # no window: robust percentiles of the data
+    assert 0 <= lo < 200 and 3800 < hi <= 4000
+
+
+def test_spacing_sources(tmp_path: Path) -> None:
+    p = make_dicom(tmp_path / "det.dcm", _ramp(), ImagerPixelSpacing=[0.139, 0.139])
+    m = read_metadata(p)
+    assert m.spacing == (0.139, 0.139) and m.spacing_source == SPACING_IMAGER
+    assert "at detector" in m.spacing_source
+    m0 = read_metadata(make_dicom(tmp_path / "none.dcm", _ramp()))
+    assert m0.spacing is None and m0.spacing_source is None
+    bad = read_metadata(make_dicom(tmp_path / "zero.dcm", _ramp(), PixelSpacing=[0, 0],
+                                   ImagerPixelSpacing=[0.2, 0.2]))
+    assert bad.spacing == (0.2, 0.2) and bad.spacing_source == SPACING_IMAGER
+
+
+def test_rescale_slope_intercept_applied(tmp_path: Path) -> None:
+    arr = _ramp()
+    p = make_dicom(tmp_path / "r.dcm", arr, RescaleSlope="2", RescaleIntercept="-1024",
+                   RescaleType="US")
+    x = load_image(p)
+    np.testing.assert_allclose(x.pixels, arr.astype(np.float32) * 2 - 1024)
+    assert x.pixels.min() == -1024.0
+
+
+def test_signed_pixels_with_window(tmp_path: Path) -> None:
+    arr = (_ramp().astype(np.int32) - 2000).astype(np.int16)
+    p = make_dicom(tmp_path / "s.dcm", arr, signed=True, bits=16, RescaleSlope="1",
+                   RescaleIntercept="0", WindowCenter="0", WindowWidth="1000")
+    x = load_image(p)
+    np.testing.assert_array_equal(x.pixels, arr.astype(np.float32))
+    assert x.meta.window == (0.0, 1000.0)
+    n = x.normalized()
+    # DICOM linear window: (x - (c - 0.5)) / (w - 1) + 0.5, clipped
+    np.testing.assert_allclose(n, np.clip((arr + 0.5) / 999.0 + 0.5, 0, 1), atol=1e-5)
+    assert x.to_uint8()[arr < -600].max() == 0 and x.to_uint8()[arr > 600].min() == 255
+
+
+def test_window_multi_valued_and_voi_lut(tmp_path: Path) -> None:
+    p = make_dicom(tmp_path / "w.dcm", _ramp(), WindowCenter=["2000", "1000"],
+                   WindowWidth=["4000", "500"])
+    assert read_metadata(p).window == (2000.0, 4000.0)
+    voi = Dataset()
+    voi.LUTDescriptor = [1024, 512, 16]
+    voi.add_new(0x00283006, "US", list(range(0, 65536, 64)))
+    q = make_dicom(tmp_path / "voi.dcm", _ramp(), VOILUTSequence=[voi])
+    assert read_metadata(q).window == (512 + 512.0, 1024.0)
+
+
+def test_monochrome1_is_inverted_relative_to_the_window(tmp_path: Path) -> None:
+    arr = _ramp()
+    win = {"WindowCenter": "1500", "WindowWidth": "2000"}
+    m2 = load_image(make_dicom(tmp_path / "m2.dcm", arr, **win))
+    m1 = load_image(make_dicom(tmp_path / "m1.dcm", arr, photometric="MONOCHROME1", **win))
+    assert m1.meta.photometric == "MONOCHROME1" and m1.meta.window == m2.meta.window
+    # what a viewer shows for MONOCHROME1 = the inverse of the same data shown as MONOCHROME2
+    np.testing.assert_allclose(m1.normalized(), 1.0 - m2.normalized(), atol=1e-5)
+    d = np.abs(m1.to_uint8().astype(int) - (255 - m2.to_uint8().astype(int)))
+    assert d.max() <= 1
+    # the top-left pixel has the lowest stored value: black in MONOCHROME2, white in MONOCHROME1
+    assert m1.to_uint8()[0, 0] == 255 and m2.to_uint8()[0, 0] == 0
+
+
+def test_monochrome1_without_window_mirrors_in_bit_range(tmp_path: Path) -> None:
+    arr = _ramp()
+    x = load_image(make_dicom(tmp_path / "m1.dcm", arr, photometric="MONOCHROME1", bits=12))
+    np.testing.assert_array_equal(x.pixels, 4095.0 - arr.astype(np.float32))
+
+
+def test_multi_frame_is_refused(tmp_path: Path) -> None:
+    arr = np.stack([_ramp()] * 3)
+    p = make_dicom(tmp_path / "cine.dcm", arr, frames=3)
+    with pytest.raises(ImageLoadError, match=r"cine\.dcm: multi-frame DICOM \(3 frames\)"):
+        read_metadata(p)
+    with pytest.raises(ImageLoadError, match="multi-frame"):
+        load_image(p)
+
+
+def test_object_without_pixel_data_is_refused(tmp_path: Path) -> None:
+    p = make_dicom(tmp_path / "report.dcm", None)
+    with pytest.raises(ImageLoadError, match=r"report\.dcm: DICOM object without pixel data") as e:
+        load_image(p)
+    assert "SR" in str(e.value) and "not an image" in str(e.value)
+    # also with image attributes but no PixelData element
+    q = make_dicom(tmp_path / "nopix.dcm", None, Rows=10, Columns=10)
+    with pytest.raises(ImageLoadError, match="without pixel data"):
+        read_metadata(q)
+
+
+def test_truncated_dicom_is_refused_before_decoding(tmp_path: Path) -> None:
+    p = make_dicom(tmp_path / "cut.dcm", _ramp())
+    p.write_bytes(p.read_bytes()[:-300])
+    with pytest.raises(ImageLoadError, match=r"cut\.dcm: truncated DICOM"):
+        read_metadata(p)
+
+
+def test_not_dicom_and_empty(tmp_path: Path) -> None:
+    t = tmp_path / "text.dcm"
+    t.write_text("this is a plain text file, not DICOM\n" * 10, encoding="utf-8")
+    with pytest.raises(ImageLoadError, match=r"text\.dcm: "):
+        load_image(t)
+    z = tmp_path / "empty.dcm"
+    z.write_bytes(b"")
+    with pytest.raises(ImageLoadError, match=r"empty\.dcm: "):
+        read_metadata(z)
+
+
+@pytest.mark.parametrize("tsx", [ImplicitVRLittleEndian, ExplicitVRBigEndian])
+def test_other_uncompressed_syntaxes(tmp_path: Path, tsx) -> None:
+    arr = _ramp()
+    p = make_dicom(tmp_path / "u.dcm", arr, tsx=tsx, PixelSpacing=[0.2, 0.2])
+    assert read_metadata(p).spacing == (0.2, 0.2)
+    np.testing.assert_array_equal(load_image(p).pixels, arr)
+    cut = tmp_path / "ucut.dcm"
+    cut.write_bytes(p.read_bytes()[:-10])
+    with pytest.raises(ImageLoadError, match="truncated DICOM"):
+        read_metadata(cut)
+
+
+def test_extensionless_dicom_found_by_preamble(tmp_path: Path) -> None:
+    arr = _ramp()
+    make_dicom(tmp_path / "IM0001", arr)
+    (tmp_path / "README").write_text("not an image", encoding="utf-8")
+    paths = list_images(tmp_path)
+    assert [p.name for p in paths] == ["IM0001"]
+    np.testing.assert_array_equal(load_image(paths[0]).pixels, arr)
+
+
+def test_rle_lossless_compressed(tmp_path: Path) -> None:
+    arr = _ramp()
+    p = make_dicom(tmp_path / "plain.dcm", arr, PixelSpacing=[0.1, 0.1])
+    ds = pydicom.dcmread(p)
+    ds.compress(RLELossless)  # pydicom's own RLE encoder
+    q = tmp_path / "rle.dcm"
+    ds.save_as(q)
+    assert pydicom.dcmread(q, stop_before_pixels=True).file_meta.TransferSyntaxUID == RLELossless
+    m = read_metadata(q)
+    assert (m.width, m.height, m.spacing) == (32, 24, (0.1, 0.1))
+    np.testing.assert_array_equal(load_image(q).pixels, arr)
+
+
+def test_jpeg2000_lossless_compressed(tmp_path: Path) -> None:
+    from pydicom.pixels.encoders import JPEG2000LosslessEncoder
+
+    if not JPEG2000LosslessEncoder.is_available:
+        pytest.skip("pylibjpeg-openjpeg cannot encode here")
+    arr = _ramp(64, 80)  # openjpeg's default 6 resolutions need >= 32 px per side
+    ds = pydicom.dcmread(make_dicom(tmp_path / "plain.dcm", arr))
+    ds.compress(JPEG2000Lossless)
+    q = tmp_path / "j2k.dcm"
+    ds.save_as(q)
+    assert pydicom.dcmread(q, stop_before_pixels=True).file_meta.TransferSyntaxUID == (
+        JPEG2000Lossless
+    )
+    assert read_metadata(q).width == 80
+    np.testing.assert_array_equal(load_image(q).pixels, arr)
+
+
+def test_rgb_dicom_to_grey(tmp_path: Path) -> None:
+    rgb = np.zeros((8, 10, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 10
+    x = load_image(make_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB"))
+    assert x.pixels.shape == (8, 10)
+    expect = 0.299 * 200 + 0.587 * 100 + 0.114 * 10
+    assert abs(float(x.pixels[0, 0]) - expect) <= 1.0
+
+
+def test_unicode_dicom_path_and_folder(tmp_path: Path) -> None:
+    d = tmp_path / "röntgen_画像"
+    make_dicom(d / "ïmg.dcm", _ramp(), PixelSpacing=[0.1, 0.1])
+    make_dicom(d / "cine.dcm", np.stack([_ramp()] * 2), frames=2)
+    f = ImageFolder(d)
+    metas = f.read_all_metadata()
+    assert [m is None for m in metas] == [True, False]  # natural order: cine, ïmg
+    assert f.faults[0][0].name == "cine.dcm" and "multi-frame" in f.faults[0][1]
+    assert f.image(1).pixels.shape == (24, 32)
