@@ -1,0 +1,397 @@
+"""The training dock: pick job, preset and device, start / cancel / resume, and watch progress,
+ETA, live loss curves and the log of the background training process.
+
+Training runs in a separate process (engine.process via gui.job_bridge): a crash or an
+out-of-memory kill there is reported here in words and the window carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lmk_studio.core.errors import LmkError
+from lmk_studio.engine.common import ProgressEvent, describe_device, select_device
+from lmk_studio.engine.jobs import BUNDLED_PRESETS, JOB_STAGE, JOBS, check_presets
+
+from .job_bridge import JobBridge
+
+log = logging.getLogger("lmk_studio.gui.training")
+
+STAGE_WORDS = {
+    "classical": "Classical preview",
+    "stage1-load": "Stage I: loading images",
+    "stage1": "Stage I: training",
+    "stage1-predict": "Stage I: predicting",
+    "stage2-load": "Stage II: loading images",
+    "stage2": "Stage II: training",
+    "stage2-predict": "Stage II: predicting",
+}
+FILE_ITEM = "file…"
+LOG_LINES = 2000
+MAX_CURVE_POINTS = 4000
+
+
+def stage_words(stage: str) -> str:
+    if stage in STAGE_WORDS:
+        return STAGE_WORDS[stage]
+    for key, words in STAGE_WORDS.items():
+        if stage.startswith(key + "-") or stage.startswith(key + ":"):
+            return f"{words} ({stage[len(key) + 1:]})"
+    return stage.replace("-", " ").capitalize()
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "ETA –"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"ETA {s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return f"ETA {s // 60}:{s % 60:02d}"
+
+
+def device_choices() -> tuple[list[tuple[str, str]], str]:
+    """(value, label) pairs for the device picker and a sentence on what was found."""
+    auto = select_device("auto")
+    found = describe_device(auto)
+    if auto.type == "cpu":
+        found = f"CPU — no GPU found ({found})"
+    items = [("auto", f"Automatic: {found.split(' (')[0]}"), ("cpu", "CPU")]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            items.append(("cuda", describe_device(torch.device("cuda"))))
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            items.append(("mps", "GPU: Apple MPS"))
+    except Exception as exc:  # noqa: BLE001 - a broken driver must not break the panel
+        log.warning("probing GPUs failed: %s", exc)
+    return items, found
+
+
+class LossPlot(pg.PlotWidget):
+    """One curve per loss key of the stage being trained; x = training step of that stage."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setBackground("w")
+        self.showGrid(x=True, y=True, alpha=0.3)
+        self.setLabel("bottom", "step")
+        self.setLabel("left", "loss")
+        self.addLegend(offset=(-10, 10))
+        self.stage: str | None = None
+        self.curves: dict[str, pg.PlotDataItem] = {}
+        self.data: dict[str, tuple[list[float], list[float]]] = {}
+        self._dirty = False
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(150)
+        self._timer.timeout.connect(self._redraw)
+
+    def reset(self, stage: str | None = None) -> None:
+        self.clear()
+        self.curves.clear()
+        self.data.clear()
+        self.stage = stage
+        self.setTitle(stage_words(stage) if stage else "")
+
+    def add(self, ev: ProgressEvent) -> None:
+        if not ev.losses:
+            return
+        if ev.stage != self.stage:
+            self.reset(ev.stage)
+        x = float(ev.epoch * max(1, ev.steps) + ev.step)
+        for key, value in ev.losses.items():
+            try:
+                y = float(value)
+            except (TypeError, ValueError):
+                continue
+            if not math.isfinite(y):
+                continue
+            if key not in self.curves:
+                pen = pg.mkPen(pg.intColor(len(self.curves), hues=9), width=2)
+                self.curves[key] = self.plot([], [], pen=pen, name=key)
+                self.data[key] = ([], [])
+            xs, ys = self.data[key]
+            xs.append(x)
+            ys.append(y)
+            if len(xs) > MAX_CURVE_POINTS:  # keep drawing cheap on long runs
+                del xs[1::2], ys[1::2]
+        self._dirty = True
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def _redraw(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            for key, curve in self.curves.items():
+                curve.setData(*self.data[key])
+
+
+class TrainingPanel(QWidget):
+    """Dock content of the main window. Only one job at a time; the GUI never blocks on it."""
+
+    started = Signal(str)          # job name
+    progress = Signal(object)      # engine.common.ProgressEvent
+    finished = Signal(list)        # run ids written: reload points from the store
+    failed = Signal(str)           # words + log path; crashes too
+    cancelled = Signal(list)       # run ids that were stopped (resumable)
+    log_line = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.project: Path | None = None
+        self.bridge = JobBridge(self)
+        self.current_job: str | None = None
+        self._build()
+        self.bridge.started.connect(self._on_started)
+        self.bridge.progress.connect(self._on_progress)
+        self.bridge.log_line.connect(self._on_log)
+        self.bridge.finished.connect(self._on_finished)
+        self.bridge.cancelled.connect(self._on_cancelled)
+        self.bridge.failed.connect(self._on_failed)
+        self._update_buttons()
+
+    # ---- layout --------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.project_label = QLabel("No project open")
+        self.project_label.setWordWrap(True)
+        self.job_combo = QComboBox()
+        for name, words in JOBS.items():
+            self.job_combo.addItem(words, name)
+        self.preset_combo = QComboBox()
+        for name in BUNDLED_PRESETS:
+            self.preset_combo.addItem(name, name)
+        self.preset_combo.addItem(FILE_ITEM, None)
+        self.preset_combo.setToolTip("quick: the demo in about a minute; cpu: real X-rays on a "
+                                     "CPU; paper: the published schedule (GPU)")
+        self._preset_prev = 0
+        self.preset_combo.activated.connect(self._on_preset_chosen)
+        self.device_combo = QComboBox()
+        items, found = device_choices()
+        for value, label in items:
+            self.device_combo.addItem(label, value)
+        self.device_label = QLabel(found)
+        self.device_label.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Project", self.project_label)
+        form.addRow("Job", self.job_combo)
+        form.addRow("Preset", self.preset_combo)
+        form.addRow("Device", self.device_combo)
+        form.addRow("", self.device_label)
+
+        self.start_button = QPushButton("Start")
+        self.cancel_button = QPushButton("Cancel")
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip("continue the last cancelled or interrupted training")
+        self.start_button.clicked.connect(lambda: self.start(self.selected_job()))
+        self.cancel_button.clicked.connect(self.cancel)
+        self.resume_button.clicked.connect(lambda: self.start(self.selected_job(), resume=True))
+        buttons = QHBoxLayout()
+        for b in (self.start_button, self.cancel_button, self.resume_button):
+            buttons.addWidget(b)
+
+        self.step_label = QLabel("Idle")
+        self.stage_label = QLabel("")
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1000)
+        self.bar.setValue(0)
+        self.bar.setFormat("%p%")
+        self.eta_label = QLabel("")
+        bar_row = QHBoxLayout()
+        bar_row.addWidget(self.bar, 1)
+        bar_row.addWidget(self.eta_label)
+
+        self.plot = LossPlot()
+        self.plot.setMinimumHeight(140)
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(LOG_LINES)
+        self.log_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        self.log_view.setMinimumHeight(80)
+        self.log_file_label = QLabel("")
+        self.log_file_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.log_file_label.setWordWrap(True)
+
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addLayout(buttons)
+        lay.addWidget(self.step_label)
+        lay.addWidget(self.stage_label)
+        lay.addLayout(bar_row)
+        lay.addWidget(self.plot, 2)
+        lay.addWidget(self.log_view, 1)
+        lay.addWidget(self.log_file_label)
+
+    # ---- public API ----------------------------------------------------------------------
+    def set_project(self, path: Path | str | None) -> None:
+        """Which .lmk file the next job runs on (a running job keeps its own)."""
+        self.project = Path(path) if path is not None else None
+        self.project_label.setText(self.project.name if self.project else "No project open")
+        self.project_label.setToolTip(str(self.project) if self.project else "")
+        self._update_buttons()
+
+    def is_running(self) -> bool:
+        return self.bridge.is_running()
+
+    def selected_job(self) -> str:
+        return str(self.job_combo.currentData())
+
+    def selected_preset(self) -> str | None:
+        return self.preset_combo.currentData()
+
+    def selected_device(self) -> str:
+        return str(self.device_combo.currentData() or "auto")
+
+    def set_preset_file(self, path: Path | str) -> None:
+        """Use a preset JSON file (what "file…" picks); it joins the list."""
+        p = str(Path(path))
+        idx = self.preset_combo.findData(p)
+        if idx < 0:
+            self.preset_combo.insertItem(self.preset_combo.count() - 1, Path(p).name, p)
+            idx = self.preset_combo.findData(p)
+            self.preset_combo.setItemData(idx, p, Qt.ItemDataRole.ToolTipRole)
+        self.preset_combo.setCurrentIndex(idx)
+        self._preset_prev = idx
+
+    def start(self, job: str, preset: str | None = None, device: str | None = None,
+              resume: bool = False) -> bool:
+        """Start `job` (see engine.jobs.JOBS) in the background; False (and `failed`) when it
+        cannot start: no project, a job already running, a bad preset."""
+        if self.is_running():
+            self._refuse("A job is already running: wait for it or cancel it first.")
+            return False
+        if self.project is None:
+            self._refuse("Open a project first.")
+            return False
+        preset = preset if preset is not None else self.selected_preset()
+        if job in ("predict-stage1", "predict-stage2", "classical"):
+            preset = None
+        try:
+            check_presets(job, preset)
+        except LmkError as exc:
+            self._refuse(str(exc))
+            return False
+        spec = {"project": str(self.project), "job": job, "preset": preset,
+                "device": device or self.selected_device(), "resume": bool(resume)}
+        return self.start_spec(spec)
+
+    def start_spec(self, spec: dict[str, Any]) -> bool:
+        """Start from a full engine.process spec (also used by tests and plugins)."""
+        if self.is_running():
+            self._refuse("A job is already running: wait for it or cancel it first.")
+            return False
+        try:
+            self.bridge.start(spec)
+        except (LmkError, OSError) as exc:
+            self._refuse(f"Could not start the job: {exc}")
+            return False
+        self.current_job = str(spec.get("job"))
+        self.plot.reset()
+        self.bar.setValue(0)
+        self.eta_label.setText("")
+        self.stage_label.setText("")
+        self.step_label.setText(f"Starting {JOBS.get(self.current_job, self.current_job)}…")
+        self.log_view.appendPlainText(f"— {self.current_job} —")
+        self.log_file_label.setText(f"Log: {self.bridge.log_path}")
+        self._update_buttons()
+        return True
+
+    def cancel(self) -> None:
+        """Stop the running job (it saves a checkpoint; Resume continues it)."""
+        if self.is_running():
+            self.step_label.setText("Cancelling…")
+            self.bridge.cancel()
+            self._update_buttons()
+
+    def shutdown(self, timeout_s: float = 5.0) -> bool:
+        """Call from the window's closeEvent: stops the child so no run is left "running"."""
+        return self.bridge.shutdown(timeout_s)
+
+    # ---- slots ---------------------------------------------------------------------------
+    def _refuse(self, message: str) -> None:
+        self.step_label.setText(message)
+        self.failed.emit(message)
+
+    def _on_preset_chosen(self, index: int) -> None:
+        if self.preset_combo.itemText(index) != FILE_ITEM:
+            self._preset_prev = index
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "Preset file", "", "Preset (*.json)")
+        if path:
+            self.set_preset_file(path)
+        else:
+            self.preset_combo.setCurrentIndex(self._preset_prev)
+
+    def _on_started(self, job: str) -> None:
+        self.step_label.setText(f"Running: {JOBS.get(job, job)}")
+        self.started.emit(job)
+
+    def _on_progress(self, ev: ProgressEvent) -> None:
+        if ev.stage == JOB_STAGE:
+            self.step_label.setText(ev.message.capitalize() if ev.message else "")
+        else:
+            text = stage_words(ev.stage)
+            if ev.epochs > 1:
+                text += f" — epoch {min(ev.epoch + 1, ev.epochs)}/{ev.epochs}"
+            elif ev.steps > 1:
+                text += f" — {ev.step}/{ev.steps}"
+            self.stage_label.setText(text)
+            self.stage_label.setToolTip(ev.message)
+            self.bar.setValue(int(round(1000 * ev.fraction)))
+            self.eta_label.setText(format_eta(ev.eta_s))
+            self.plot.add(ev)
+        self.progress.emit(ev)
+
+    def _on_log(self, level: int, text: str) -> None:
+        prefix = "" if level < logging.WARNING else f"{logging.getLevelName(level)}: "
+        line = prefix + text
+        self.log_view.appendPlainText(line)
+        self.log_line.emit(line)
+
+    def _ended(self, words: str) -> None:
+        self.step_label.setText(words)
+        self.eta_label.setText("")
+        self._update_buttons()
+
+    def _on_finished(self, run_ids: list) -> None:
+        self.bar.setValue(1000)
+        self._ended(f"Finished (runs {', '.join(map(str, run_ids))})" if run_ids else "Finished")
+        self.finished.emit(run_ids)
+
+    def _on_cancelled(self, run_ids: list) -> None:
+        self._ended("Cancelled — Resume continues from the last checkpoint")
+        self.cancelled.emit(run_ids)
+
+    def _on_failed(self, message: str) -> None:
+        self._ended("Failed — see the message and the log")
+        self.log_view.appendPlainText(f"ERROR: {message}")
+        self.failed.emit(message)
+
+    def _update_buttons(self) -> None:
+        running = self.is_running()
+        can = self.project is not None and not running
+        self.start_button.setEnabled(can)
+        self.resume_button.setEnabled(can)
+        self.cancel_button.setEnabled(running and not self.bridge.process.cancel_requested)
+        for w in (self.job_combo, self.preset_combo, self.device_combo):
+            w.setEnabled(not running)
