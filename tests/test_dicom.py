@@ -265,3 +265,22 @@ def test_unicode_dicom_path_and_folder(tmp_path: Path) -> None:
     assert [m is None for m in metas] == [True, False]  # natural order: cine, ïmg
     assert f.faults[0][0].name == "cine.dcm" and "multi-frame" in f.faults[0][1]
     assert f.image(1).pixels.shape == (24, 32)
+
+
+def test_deflated_syntax(tmp_path: Path) -> None:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    arr = _ramp()
+    p = make_dicom(tmp_path / "defl.dcm", arr, tsx=DeflatedExplicitVRLittleEndian)
+    assert read_metadata(p).height == 24
+    np.testing.assert_array_equal(load_image(p).pixels, arr)
+
+
+def test_truncated_compressed_dicom_fails_with_a_clear_message(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(make_dicom(tmp_path / "plain.dcm", _ramp(64, 64)))
+    ds.compress(RLELossless)
+    q = tmp_path / "rlecut.dcm"
+    ds.save_as(q)
+    q.write_bytes(q.read_bytes()[:-400])  # encapsulated data has no length to check up front
+    with pytest.raises(ImageLoadError, match=r"rlecut\.dcm: truncated or damaged DICOM"):
+        load_image(q)

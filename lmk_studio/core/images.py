@@ -10,6 +10,8 @@ Design notes
 - ``XrayImage.pixels`` keeps the full dynamic range as float32 (modality LUT applied for DICOM);
   the display window and the engine's [0, 1] view are derived from it.
 - Every failure is an ``ImageLoadError(path, problem)`` with the problem in words.
+- Pixels are used as stored: JPEG EXIF orientation is not applied (width/height then match the
+  header and every landmark coordinate refers to the stored pixel grid).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import re
 import struct
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -481,15 +484,25 @@ def _dicom_meta(path: Path) -> ImageMeta:
     )
 
 
-def _load_dicom(path: Path) -> XrayImage:
-    meta = _dicom_meta(path)
+def _load_dicom(path: Path, meta: ImageMeta | None = None) -> XrayImage:
+    if meta is None:
+        meta = _dicom_meta(path)
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
     ds = None
     try:
-        ds = pydicom.dcmread(path, force=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, force=True)
+        if not any(t in ds for t in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
+            hint = f" ({caught[0].message})" if caught else ""
+            raise ImageLoadError(
+                path, f"truncated or damaged DICOM: the pixel data is incomplete{hint}"
+            )
         arr = ds.pixel_array
+    except ImageLoadError:
+        raise
     except MemoryError:
         raise ImageLoadError(path, "not enough memory to decode this DICOM image") from None
     except Exception as e:
@@ -571,7 +584,7 @@ def load_image(path: str | Path) -> XrayImage:
     path = Path(path)
     meta = read_metadata(path)  # also refuses cut-short files cheaply, before decoding
     if meta.kind == "dicom":
-        return _load_dicom(path)
+        return _load_dicom(path, meta)
     import cv2
 
     try:
