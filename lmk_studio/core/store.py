@@ -389,11 +389,11 @@ class Project:
                 con.close()
                 raise
         except sqlite3.Error as e:
-            _remove_quietly(path)
+            remove_project_files(path)
             raise ProjectError(f"{path}: cannot create the project "
                                f"({_describe_sqlite_error(e)}); nothing was written") from None
         except BaseException:
-            _remove_quietly(path)
+            remove_project_files(path)
             raise
         try:
             proj = cls(path, con)
@@ -401,7 +401,7 @@ class Project:
                 proj.add_images(image_paths)
         except BaseException:  # a half-made new project is ours to remove
             con.close()
-            _remove_quietly(path)
+            remove_project_files(path)
             raise
         return proj
 
@@ -431,7 +431,7 @@ class Project:
                     closing(sqlite3.connect(str(backup))) as dst:
                 src.backup(dst)
         except (sqlite3.Error, OSError) as e:
-            _remove_quietly(backup)
+            remove_project_files(backup)
             problem = _describe_sqlite_error(e) if isinstance(e, sqlite3.Error) else str(e)
             raise ProjectError(
                 f"{path}: needs an upgrade from schema v{version} to v{SCHEMA_VERSION} but the "
@@ -585,7 +585,7 @@ class Project:
 
         try:
             return p, False, quick_hash(p) != h
-        except OSError:
+        except (OSError, ImageLoadError):  # vanished or unreadable since the stat
             return p, True, False
 
     def refresh_files(self) -> None:
@@ -1031,7 +1031,9 @@ class Project:
             return [r[0] for r in con.execute("PRAGMA integrity_check").fetchall()]
 
 
-def _remove_quietly(path: Path) -> None:
+def remove_project_files(path: str | Path) -> None:
+    """Delete a project file with its -wal/-shm side files (to undo a creation we made)."""
+    path = Path(path)
     for p in (path, Path(str(path) + "-wal"), Path(str(path) + "-shm")):
         try:
             p.unlink()
@@ -1040,4 +1042,5 @@ def _remove_quietly(path: Path) -> None:
 
 
 __all__ = ["ImageRecord", "RunRecord", "Project", "inspect_project_file", "SCHEMA_VERSION",
-           "MIGRATIONS", "CALIBRATION_SOURCE", "RUN_STATUSES"]
+           "MIGRATIONS", "CALIBRATION_SOURCE", "RUN_STATUSES",
+           "remove_project_files"]
