@@ -85,17 +85,7 @@ def test_16bit_png_and_big_endian_tiff(tmp_path: Path) -> None:
     assert x.meta.bit_depth == 16
     # hand-built big-endian TIFF ("MM"), 16-bit, one strip: our IFD parser in the other byte order
     h, w = img.shape
-    data = img.astype(">u2").tobytes()
-    entries = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 1, 16), (259, 3, 1, 1), (262, 3, 1, 1),
-               (273, 4, 1, 8 + 2 + 12 * 8 + 4), (277, 3, 1, 1), (279, 4, 1, len(data))]
-    import struct
-
-    ifd = struct.pack(">H", len(entries))
-    for tag, typ, cnt, val in entries:
-        ifd += struct.pack(">HHI", tag, typ, cnt) + (
-            struct.pack(">HH", val, 0) if typ == 3 else struct.pack(">I", val)
-        )
-    blob = b"MM\x00*" + struct.pack(">I", 8) + ifd + b"\x00\x00\x00\x00" + data
+    blob = _tiff_bytes(img, photometric=1, bits=16, bo=">")
     p = tmp_path / "be.tiff"
     p.write_bytes(blob)
     m = read_metadata(p)
@@ -104,6 +94,34 @@ def test_16bit_png_and_big_endian_tiff(tmp_path: Path) -> None:
     p.write_bytes(blob[:-100])
     with pytest.raises(ImageLoadError, match="truncated TIFF"):
         read_metadata(p)
+
+
+def _tiff_bytes(img: np.ndarray, photometric: int, bits: int, bo: str = "<") -> bytes:
+    """A minimal uncompressed one-strip TIFF, built by hand (byte order and photometric)."""
+    import struct
+
+    h, w = img.shape
+    data = img.astype(f"{bo}u2" if bits == 16 else "u1").tobytes()
+    entries = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 1, bits), (259, 3, 1, 1),
+               (262, 3, 1, photometric), (273, 4, 1, 8 + 2 + 12 * 8 + 4), (277, 3, 1, 1),
+               (279, 4, 1, len(data))]
+    ifd = struct.pack(bo + "H", len(entries))
+    for tag, typ, cnt, val in entries:
+        ifd += struct.pack(bo + "HHI", tag, typ, cnt) + (
+            struct.pack(bo + "HH", val, 0) if typ == 3 else struct.pack(bo + "I", val)
+        )
+    magic = b"II*\x00" if bo == "<" else b"MM\x00*"
+    return magic + struct.pack(bo + "I", 8) + ifd + b"\x00\x00\x00\x00" + data
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_tiff_miniswhite_is_shown_with_dense_bright(tmp_path: Path, bits: int) -> None:
+    top = 255 if bits == 8 else 65535
+    img = _ramp(dtype=np.uint16, top=200 if bits == 8 else 60000)
+    p = tmp_path / "white_is_zero.tif"
+    p.write_bytes(_tiff_bytes(img, photometric=0, bits=bits))
+    assert read_metadata(p).photometric == "MINISWHITE"
+    np.testing.assert_array_equal(load_image(p).pixels, (top - img.astype(np.int64)))
 
 
 def test_truncated_png_is_refused_naming_the_file(tmp_path: Path) -> None:

@@ -617,7 +617,9 @@ def load_image(path: str | Path) -> XrayImage:
         )
     depth = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(img.dtype, 32)
     px = img.astype(np.float32)
-    if meta.photometric == "MINISWHITE" and depth in (8, 16):  # TIFF "white is zero"
+    if meta.photometric == "MINISWHITE" and depth == 16:
+        # TIFF "white is zero": OpenCV already inverts 8-bit MINISWHITE but hands 16-bit over
+        # raw (checked by tests/test_images.py::test_tiff_miniswhite for both depths)
         px = np.float32(2**depth - 1) - px
     if depth != meta.bit_depth:
         meta = replace(meta, bit_depth=depth)
