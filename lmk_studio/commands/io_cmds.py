@@ -1,0 +1,68 @@
+"""`lmk-studio import` and `lmk-studio export`: thin wrappers over core.formats.
+
+import prints the counts and every fault (one per line, "file: label: problem") and exits 0 when
+something was imported (faults are reported, sound data kept); a refused import (nothing
+importable, contradictory exemplar) is an ImportFault: message on stderr, exit 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lmk_studio.core.errors import LmkError
+
+
+def _open(path: str):
+    from lmk_studio.core.store import Project
+
+    return Project.open(Path(path))
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from lmk_studio.core import formats
+    from lmk_studio.core.points import Status
+
+    as_status = getattr(args, "as_status", None)
+    status = Status(as_status) if as_status else None
+    with _open(args.project) as proj:
+        if args.labelme:
+            rep = formats.import_labelme(proj, args.labelme, status or Status.ACCEPTED)
+        elif args.isbi:
+            rep = formats.import_isbi(proj, args.isbi, status or Status.ACCEPTED)
+        elif args.csv:
+            rep = formats.import_csv(proj, args.csv, status)
+        else:  # argparse makes one of them required
+            raise LmkError("import: give --labelme, --isbi or --csv")
+    print(rep.summary())
+    for name in rep.unknown_images:
+        print(f"unknown image: {name}")
+    for f in rep.faults:
+        print(f"fault: {f}")
+    for n in rep.notes:
+        print(f"note: {n}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lmk_studio.core import formats
+
+    if not (args.csv or args.json or args.coco):
+        raise LmkError("export: give at least one of --csv FILE, --json FILE, --coco FILE")
+    if args.wide and not args.csv:
+        raise LmkError("export: --wide applies to --csv only")
+    reviewed = bool(args.reviewed_only)
+    what = "reviewed points" if reviewed else "points"
+    with _open(args.project) as proj:
+        n_img = len(proj.images())
+        if args.csv:
+            n = formats.export_csv(proj, args.csv, wide=bool(args.wide), reviewed_only=reviewed)
+            unit = "image row(s)" if args.wide else f"row(s) of {what}"
+            print(f"wrote {n} {unit} ({n_img} images) to {args.csv}")
+        if args.json:
+            n = formats.export_json(proj, args.json, reviewed_only=reviewed)
+            print(f"wrote {n} {what} of {n_img} images to {args.json}")
+        if args.coco:
+            n = formats.export_coco(proj, args.coco, reviewed_only=reviewed)
+            print(f"wrote {n} placed keypoints of {n_img} images (COCO) to {args.coco}")
+    return 0
