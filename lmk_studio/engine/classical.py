@@ -1,0 +1,338 @@
+"""Instant classical preview: ECC affine alignment + OpenCV DIS dense optical flow (no training).
+
+Why: the user should see every image's landmarks within seconds of marking the exemplar, before
+any learning; the same answer is the cpu preset's Stage I starting point and the baseline the
+learned Stage I must beat.
+
+Pipeline for one target image (OpenCV + numpy only):
+1. both images at a working resolution (long side `work_px`), contrast-normalised (CLAHE) so
+   exposure differences do not read as motion;
+2. global step: ECC (intensity-based, cv2.findTransformECC) affine, coarse to fine on small
+   copies. Intensity alignment is used rather than keypoints + RANSAC, whose inliers gather on
+   rigid hardware (a cephalostat's ruler) instead of anatomy;
+3. local step: DIS optical flow (cv2.DISOpticalFlow) from the exemplar to the affinely aligned
+   target, and back; each landmark is carried by the forward flow sampled at its position;
+4. confidence in [0, 1] per landmark from forward-backward consistency of the flow at the point
+   and the normalised cross-correlation between the exemplar patch and the flow-aligned target
+   patch around it.
+
+Coordinates are float pixels with the origin at the centre of the top-left pixel (core.points).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from lmk_studio.core.errors import LmkError
+from lmk_studio.core.points import LandmarkPoint, Source, Status
+
+RUN_KIND = "classical"
+
+
+@dataclass(frozen=True)
+class ClassicalParams:
+    """The few knobs of the preview (defaults tuned on the Hamedan development set: see
+    training/reports/classical.md)."""
+
+    work_px: int = 512            # long side of the flow resolution
+    ecc_px: tuple[int, ...] = (96, 192)   # long sides of the ECC pyramid
+    dis_preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
+    patch: int = 8                # DIS patch size (px at work resolution)
+    stride: int = 4               # DIS patch stride
+    var_iters: int = 5            # variational refinement iterations (0 = off)
+    clahe: float = 2.0            # CLAHE clip limit (0 = plain min-max)
+    ncc_radius: float = 0.025     # NCC patch half-size, fraction of the work long side
+    fb_scale: float = 0.01        # forward-backward error (fraction of long side) at conf e^-1
+
+
+DEFAULT = ClassicalParams()
+
+
+# ---- image helpers -----------------------------------------------------------------------------
+def _check(img: Any, what: str) -> np.ndarray:
+    a = np.asarray(img)
+    if a.ndim != 2 or a.shape[0] < 8 or a.shape[1] < 8:
+        raise LmkError(f"classical preview: {what} must be a 2-D grey image of at least 8x8 "
+                       f"pixels, got shape {a.shape}")
+    a = a.astype(np.float32, copy=False)
+    if not np.isfinite(a).all():
+        a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0)
+    return a
+
+
+def _resize(img: np.ndarray, long_px: int) -> tuple[np.ndarray, float]:
+    """Resize so the long side is at most long_px; returns (image, factor work/full)."""
+    h, w = img.shape
+    f = min(1.0, long_px / max(h, w))
+    if f >= 1.0:
+        return img, 1.0
+    size = (max(8, round(w * f)), max(8, round(h * f)))
+    out = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return out, size[0] / w   # exact x factor (y differs by < 1 px over the image)
+
+
+def _to_u8(img: np.ndarray, clahe: float) -> np.ndarray:
+    lo, hi = np.percentile(img, (0.5, 99.5))
+    u8 = np.clip((img - lo) * (255.0 / max(hi - lo, 1e-6)), 0, 255).astype(np.uint8)
+    if clahe > 0:
+        tiles = max(2, round(max(img.shape) / 64))
+        u8 = cv2.createCLAHE(clipLimit=clahe, tileGridSize=(tiles, tiles)).apply(u8)
+    return u8
+
+
+def _scale_pts(p: np.ndarray, f: float) -> np.ndarray:
+    """Full -> work coordinates for factor f (pixel-centre convention)."""
+    return (p + 0.5) * f - 0.5
+
+
+def _sample(field: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Bilinear sample of an HxWxC field at float (x, y) points, border clamped."""
+    mx = pts[:, 0].astype(np.float32).reshape(-1, 1)
+    my = pts[:, 1].astype(np.float32).reshape(-1, 1)
+    out = cv2.remap(field, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(len(pts), -1).astype(np.float64)
+
+
+def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return pts @ m[:2, :2].T + m[:2, 2]
+
+
+# ---- global step -------------------------------------------------------------------------------
+def ecc_affine(ex_u8: np.ndarray, tg_u8: np.ndarray, levels: Sequence[int]) -> tuple[
+        np.ndarray, float]:
+    """3x3 affine mapping exemplar work coordinates to target work coordinates, by ECC run
+    coarse to fine on copies with long side in `levels`; identity if ECC fails or diverges.
+    Returns (matrix, ECC correlation at the finest level, -1 if it failed)."""
+    # start from "same relative position" (images of different sizes are stretched onto each
+    # other), pixel-centre convention: x_t = (x_e + 0.5) * w_t / w_e - 0.5
+    kx = tg_u8.shape[1] / ex_u8.shape[1]
+    ky = tg_u8.shape[0] / ex_u8.shape[0]
+    m = np.array([[kx, 0, 0.5 * kx - 0.5], [0, ky, 0.5 * ky - 0.5], [0, 0, 1.0]])
+    stretch_inv = np.diag([1 / kx, 1 / ky])
+    cc = -1.0
+    crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5)
+    for lp in levels:
+        a, fa = _resize(ex_u8.astype(np.float32) / 255.0, lp)
+        b, fb = _resize(tg_u8.astype(np.float32) / 255.0, lp)
+        # work -> level coordinates: x_l = (x + 0.5) f - 0.5
+        sa = np.array([[fa, 0, 0.5 * fa - 0.5], [0, fa, 0.5 * fa - 0.5], [0, 0, 1]])
+        sb = np.array([[fb, 0, 0.5 * fb - 0.5], [0, fb, 0.5 * fb - 0.5], [0, 0, 1]])
+        init = (sb @ m @ np.linalg.inv(sa))[:2].astype(np.float32)
+        if b.shape != a.shape:   # ECC needs equal sizes: pad/crop the target to the exemplar's
+            pad = np.zeros_like(a)
+            hh, ww = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
+            pad[:hh, :ww] = b[:hh, :ww]
+            b = pad
+        try:
+            c, w = cv2.findTransformECC(a, b, init.copy(), cv2.MOTION_AFFINE, crit, None, 3)
+        except cv2.error:
+            continue
+        w3 = np.vstack([w.astype(np.float64), [0, 0, 1]])
+        cand = np.linalg.inv(sb) @ w3 @ sa
+        sv = np.linalg.svd(cand[:2, :2] @ stretch_inv, compute_uv=False)
+        if not (np.isfinite(cand).all() and 0.5 < sv.min() and sv.max() < 2.0):
+            continue
+        m, cc = cand, float(c)
+    return m, cc
+
+
+# ---- the preview -------------------------------------------------------------------------------
+def _dis(p: ClassicalParams) -> cv2.DISOpticalFlow:
+    d = cv2.DISOpticalFlow_create(p.dis_preset)
+    d.setPatchSize(p.patch)
+    d.setPatchStride(p.stride)
+    d.setVariationalRefinementIterations(p.var_iters)
+    d.setUseMeanNormalization(True)
+    d.setUseSpatialPropagation(True)
+    return d
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    d = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / d) if d > 1e-9 else 0.0
+
+
+def _patch(img: np.ndarray, c: np.ndarray, r: int) -> np.ndarray:
+    m = np.float32([[1, 0, c[0] - r], [0, 1, c[1] - r]])
+    return cv2.warpAffine(img, m, (2 * r + 1, 2 * r + 1), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REFLECT)
+
+
+def classical_propagate(ex_img: np.ndarray, ex_pts: np.ndarray, img: np.ndarray, *,
+                        scale: int | None = None, params: ClassicalParams = DEFAULT,
+                        return_details: bool = False) -> Any:
+    """Carry the exemplar's landmarks (N, 2) onto `img`; returns (points (N, 2), confidence (N,)).
+
+    Images are float32 HxW (any range; [0, 1] expected) at full resolution, possibly of different
+    sizes. `scale` overrides the working long side in px. NaN exemplar points stay NaN (conf 0).
+    With return_details, a third item gives the global matrix, ECC score and timings.
+    """
+    t0 = time.perf_counter()
+    ex = _check(ex_img, "exemplar image")
+    tg = _check(img, "target image")
+    ex_pts = np.asarray(ex_pts, dtype=np.float64).reshape(-1, 2)
+    p = params if scale is None else ClassicalParams(**{**asdict(params), "work_px": int(scale)})
+    exw, fe = _resize(ex, p.work_px)
+    tgw, ft = _resize(tg, p.work_px)
+    exu, tgu = _to_u8(exw, p.clahe), _to_u8(tgw, p.clahe)
+    m, cc = ecc_affine(exu, tgu, [lv for lv in p.ecc_px if lv <= max(exu.shape)] or
+                       [max(exu.shape)])
+    t1 = time.perf_counter()
+    h, w = exu.shape
+    # target resampled into the exemplar's work frame through the affine: tga(x) = tgu(M x)
+    tga = cv2.warpAffine(tgu, m[:2].astype(np.float32), (w, h),
+                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_REPLICATE)
+    dis = _dis(p)
+    fwd = dis.calc(exu, tga, None)
+    bwd = dis.calc(tga, exu, None)
+    t2 = time.perf_counter()
+
+    ok = np.isfinite(ex_pts).all(axis=1)
+    pw = _scale_pts(np.where(ok[:, None], ex_pts, 0.0), fe)
+    pw[:, 0] = np.clip(pw[:, 0], 0, w - 1)
+    pw[:, 1] = np.clip(pw[:, 1], 0, h - 1)
+    q = pw + _sample(fwd, pw)                     # in the aligned-target frame
+    back = q + _sample(bwd, q)
+    fb = np.linalg.norm(back - pw, axis=1)         # work px
+    out_w = _apply(m, q)                           # target work coordinates
+    out = (out_w + 0.5) / ft - 0.5                 # target full coordinates
+
+    # local similarity: exemplar patch vs the flow-aligned target patch around the point
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    aligned = cv2.remap(tga, xx + fwd[..., 0], yy + fwd[..., 1], cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    r = max(3, round(p.ncc_radius * max(h, w)))
+    exf = exu.astype(np.float32)
+    ncc = np.array([_ncc(_patch(exf, c, r), _patch(aligned, c, r)) for c in pw])
+    fb_tol = max(0.5, p.fb_scale * max(h, w))
+    conf = np.clip(ncc, 0.0, 1.0) * np.exp(-fb / fb_tol)
+    out[~ok] = np.nan
+    conf[~ok] = 0.0
+    conf = np.clip(conf, 0.0, 1.0)
+    if not return_details:
+        return out, conf
+    details = {"affine_work": m, "ecc_cc": cc, "fb_work_px": fb, "ncc": ncc,
+               "factor_ex": fe, "factor_target": ft,
+               "timing_s": {"global": t1 - t0, "flow": t2 - t1,
+                            "total": time.perf_counter() - t0}}
+    return out, conf, details
+
+
+
+
+# ---- store job ---------------------------------------------------------------------------------
+def _open(project: Any):
+    if isinstance(project, str | Path):
+        from lmk_studio.core.store import Project
+
+        return Project.open(Path(project)), True
+    return project, False
+
+
+def _load(path: Path) -> np.ndarray:
+    from lmk_studio.core.images import load_image
+
+    return load_image(path).normalized()
+
+
+def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
+                      images: Sequence[int] | None = None,
+                      params: ClassicalParams = DEFAULT) -> int:
+    """Preview every (or the given) non-exemplar image of a project; returns the run id.
+
+    Writes Status.PREDICTED / Source.CLASSICAL points with confidence, image by image (each its
+    own transaction, so a cancel or crash keeps the images done), re-reading the current points
+    just before each write so trusted (exemplar, accepted, corrected) and ABSENT points are never
+    overwritten. Every prediction also goes to the run's history (record_predictions).
+    """
+    from lmk_studio.engine.common import Cancelled, EtaClock, ProgressEvent, no_progress
+
+    progress = progress or no_progress
+    proj, owned = _open(project)
+    try:
+        ex_id = proj.exemplar_id
+        if ex_id is None:
+            raise LmkError(f"{proj.path}: no exemplar yet: mark the landmarks on one image first")
+        n = len(proj.template)
+        ex_pts = np.full((n, 2), np.nan)
+        for q in proj.points(ex_id):
+            if q.placed:
+                ex_pts[q.index] = (q.x, q.y)
+        if not np.isfinite(ex_pts).all(axis=1).any():
+            raise LmkError(f"{proj.path}: the exemplar has no placed landmarks yet")
+        ex_rec = proj.image(ex_id)
+        wanted = None if images is None else {int(i) for i in images}
+        todo = [r for r in proj.images()
+                if r.id != ex_id and (wanted is None or r.id in wanted)]
+        run_id = proj.start_run(RUN_KIND, {"method": "ECC affine + DIS optical flow",
+                                           "params": asdict(params), "exemplar": ex_id,
+                                           "images": len(todo)})
+        faults: list[str] = []
+        written = kept = 0
+        confs: list[float] = []
+        per_image: list[float] = []
+        try:
+            try:
+                ex_img = _load(ex_rec.path)
+            except LmkError as exc:
+                raise LmkError(f"the exemplar image cannot be loaded: {exc}") from exc
+            clock = EtaClock(len(todo))
+            for k, rec in enumerate(todo):
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                t0 = time.perf_counter()
+                try:
+                    img = _load(rec.path)
+                except LmkError as exc:
+                    faults.append(str(exc))
+                    continue
+                pts, conf = classical_propagate(ex_img, ex_pts, img, params=params)
+                history, rows = [], []
+                for j in range(n):
+                    if not np.isfinite(pts[j]).all():
+                        continue
+                    lp = LandmarkPoint(j, float(pts[j, 0]), float(pts[j, 1]), Status.PREDICTED,
+                                       Source.CLASSICAL, float(conf[j]), None, run_id)
+                    history.append((rec.id, lp))
+                    confs.append(float(conf[j]))
+                proj.record_predictions(run_id, history)
+                current = {q.index: q for q in proj.points(rec.id)}   # re-read just before
+                for img_id, lp in history:
+                    cur = current.get(lp.index)
+                    if cur is not None and (cur.status.is_trusted or cur.status is Status.ABSENT):
+                        kept += 1
+                        continue
+                    rows.append((img_id, lp))
+                proj.set_points(rows)
+                written += len(rows)
+                per_image.append(time.perf_counter() - t0)
+                progress(ProgressEvent(stage="classical", epoch=0, epochs=1, step=k + 1,
+                                       steps=len(todo), eta_s=clock.eta(k + 1),
+                                       message=f"preview {rec.name}"))
+        except Cancelled:
+            proj.finish_run(run_id, "cancelled", metrics={"points_written": written})
+            raise
+        except BaseException as exc:
+            proj.finish_run(run_id, "failed", metrics={"error": str(exc),
+                                                       "points_written": written})
+            raise
+        proj.finish_run(run_id, "finished",
+                        metrics={"images": len(per_image), "points_written": written,
+                                 "kept_trusted_or_absent": kept, "faults": faults,
+                                 "mean_confidence": float(np.mean(confs)) if confs else None},
+                        timings={"total_s": float(sum(per_image)),
+                                 "per_image_s": float(np.mean(per_image)) if per_image else None})
+        return run_id
+    finally:
+        if owned:
+            proj.close()
