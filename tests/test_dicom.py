@@ -188,8 +188,12 @@ def test_truncated_dicom_is_refused_before_decoding(tmp_path: Path) -> None:
 def test_not_dicom_and_empty(tmp_path: Path) -> None:
     t = tmp_path / "text.dcm"
     t.write_text("this is a plain text file, not DICOM\n" * 10, encoding="utf-8")
-    with pytest.raises(ImageLoadError, match=r"text\.dcm: "):
+    with pytest.raises(ImageLoadError, match=r"text\.dcm: not an image: the file contains text"):
         load_image(t)
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(bytes(range(256)) * 2)
+    with pytest.raises(ImageLoadError, match=r"junk\.dcm: "):
+        load_image(junk)
     z = tmp_path / "empty.dcm"
     z.write_bytes(b"")
     with pytest.raises(ImageLoadError, match=r"empty\.dcm: "):

@@ -180,6 +180,19 @@ def test_renamed_jpeg_with_png_suffix_is_read_as_jpeg(tmp_path: Path) -> None:
     assert load_image(p).pixels.shape == (40, 56)
 
 
+def test_jpeg_with_trailing_data_is_accepted(tmp_path: Path) -> None:
+    p = _write(tmp_path / "trailer.jpg", _ramp())
+    p.write_bytes(p.read_bytes() + b"\x00" * 10_000)  # some devices append data after EOI
+    assert read_metadata(p).width == 56
+    assert load_image(p).pixels.shape == (40, 56)
+
+
+def test_png_named_dcm_is_read_as_png(tmp_path: Path) -> None:
+    p = _write(tmp_path / "misnamed.dcm", _ramp(), ext=".png")
+    assert read_metadata(p).kind == "png"
+    np.testing.assert_array_equal(load_image(p).pixels, _ramp())
+
+
 def test_unicode_path(tmp_path: Path) -> None:
     p = _write(tmp_path / "röntgen_画像" / "ïmg.png", _ramp())
     assert read_metadata(p).width == 56

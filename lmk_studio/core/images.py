@@ -250,13 +250,29 @@ def _jpeg_meta(path: Path, f: BinaryIO, size: int) -> tuple[int, int, int, str]:
             precision, h, w, ncomp = struct.unpack(">BHHB", seg)
             if w == 0 or h == 0:
                 raise ImageLoadError(path, f"corrupt JPEG: image size {w}x{h}")
-            f.seek(max(0, size - 4096))
-            if b"\xff\xd9" not in f.read():
+            if not _jpeg_has_eoi(f, size):
                 raise ImageLoadError(
                     path, "truncated JPEG: the end-of-image marker is missing (file cut short)"
                 )
             return int(w), int(h), int(precision), "grey" if ncomp == 1 else "colour"
         f.seek(seg_len - 2, os.SEEK_CUR)
+
+
+def _jpeg_has_eoi(f: BinaryIO, size: int) -> bool:
+    """End-of-image marker after the frame header. Entropy-coded data never holds FF D9 (0xFF is
+    stuffed), so finding it is proof enough. Fast path: the last 4 KiB; files with a longer
+    trailer are scanned from the frame header on."""
+    here = f.tell()
+    f.seek(max(here, size - 4096))
+    if b"\xff\xd9" in f.read():
+        return True
+    f.seek(here)
+    tail = b""
+    while chunk := f.read(1 << 20):
+        if b"\xff\xd9" in tail[-1:] + chunk:
+            return True
+        tail = chunk
+    return False
 
 
 def _bmp_meta(path: Path, f: BinaryIO, size: int) -> tuple[int, int, int, str]:
@@ -559,16 +575,18 @@ def _invert_monochrome1(px: np.ndarray, meta: ImageMeta, ds) -> np.ndarray:
 def read_metadata(path: str | Path) -> ImageMeta:
     """Header-only read (no pixel decode). Raises ImageLoadError naming file and problem."""
     path = Path(path)
-    kind = _kind_for(path)
-    if kind == "dicom":
-        return _dicom_meta(path)
+    kind = _kind_for(path)  # refuses unsupported suffixes before touching the file
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(132)
-            real = _sniff(head)
+            real = _sniff(head)  # the content decides: a renamed file is read as what it is
             if real is None:
-                raise ImageLoadError(path, _describe_garbage(head))
+                problem = _describe_garbage(head)
+                # old DICOM files may lack the 128+4 byte preamble: let pydicom judge those
+                if kind != "dicom" or not head or problem.endswith("contains text"):
+                    raise ImageLoadError(path, problem)
+                real = "dicom"
             if real != "dicom":
                 w, h, bits, photometric = _RASTER_META[real](path, f, size)
     except OSError as e:
