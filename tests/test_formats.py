@@ -69,6 +69,10 @@ def test_labelme_sound_file_and_pixel_offset(tmp_path):
     assert pts == {0: (10.0, 20.0), 1: (2.5, 3.5), 2: (-0.5, -0.5), 3: (63.5, 47.5)}
     pts0, _ = read_labelme_points(p, NAMES, pixel_offset=0.0)
     assert pts0[0] == (10.5, 20.5)
+    # a landmark literally named like "l3" wins over the positional l<k> reading
+    q = _labelme(tmp_path / "b.json", [_pt("l3", 1.5, 1.5)])
+    pts, faults = read_labelme_points(q, ["l3", "b", "c"])
+    assert pts == {0: (1.0, 1.0)} and {f.label for f in faults} == {"b", "c"}
 
 
 def test_labelme_every_fault_reported_sound_points_kept(tmp_path):
@@ -312,7 +316,7 @@ def test_reviewed_only_and_coco(store, tmp_path):
 
 def test_import_labelme_matches_reports_and_is_atomic(store, tmp_path, monkeypatch):
     proj = _project(store, tmp_path)
-    src = tmp_path / "lm"
+    src = tmp_path / "lm ü 日本"  # unicode folder
     src.mkdir()
     _labelme(src / "001.json", [_pt(f"l{k}", 10 + k, 20 + k) for k in range(1, 5)])
     _labelme(src / "other.json", [_pt("l1", 1, 1)], image="../x/ünï cödé.png")  # via imagePath

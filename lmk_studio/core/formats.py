@@ -137,16 +137,16 @@ def _names(template: Any) -> list[str]:
 
 
 def _label_index(label: str, names: Sequence[str]) -> int | None:
-    """'l<k>' (1-based) or a landmark name (case-insensitive) -> 0-based index, else None."""
+    """A landmark name (case-insensitive) or 'l<k>' (1-based) -> 0-based index, else None."""
     s = label.strip()
-    m = _L_LABEL.match(s)
-    if m:
-        k = int(m.group(1))
-        return k - 1 if 1 <= k <= len(names) else None
     key = s.casefold()
     for i, n in enumerate(names):
         if n.strip().casefold() == key:
             return i
+    m = _L_LABEL.match(s)
+    if m:
+        k = int(m.group(1))
+        return k - 1 if 1 <= k <= len(names) else None
     return None
 
 
@@ -282,8 +282,10 @@ def _parse_labelme(
             f"{image_size[0]}x{image_size[1]}: coordinates would be wrong, no point imported")))
         return _LabelmeFile({}, faults, image_path, stated, readable=True)
     bounds = image_size or stated
-    use_l = any(
-        isinstance(s, dict) and isinstance(s.get("label"), str) and _L_LABEL.match(s["label"].strip())
+    folded = {n.strip().casefold() for n in names}
+    use_l = any(  # name missing labels "l<k>" when the file itself uses that style
+        isinstance(s, dict) and isinstance(s.get("label"), str)
+        and _L_LABEL.match(s["label"].strip()) and s["label"].strip().casefold() not in folded
         for s in d["shapes"])
     cands: dict[int, list[tuple[float, float, str]]] = {}
     seen: set[int] = set()
