@@ -4,8 +4,10 @@ schema migration, moved/changed images, write failures that lose nothing, two ha
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -456,6 +458,35 @@ def test_read_only_location_is_a_clear_error_and_loses_nothing(proj) -> None:
         proj._con = real
     proj.set_point(a, 0, 3.0, 3.0)
     assert proj.points(a)[0].x == 3.0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_project_in_a_read_only_folder_opens_for_reading_and_refuses_edits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lmk = tmp_path / "ro" / "p.lmk"
+    with Project.create(lmk, _template(), _folder(tmp_path / "ro", 1)) as p:
+        p.set_point(1, 0, 1.0, 2.0)
+    before = lmk.read_bytes()
+    os.chmod(lmk, 0o444)
+    os.chmod(lmk.parent, 0o555)
+    if os.geteuid() == 0:  # root writes anyway: report the place as read-only, as for a user
+        monkeypatch.setattr(store.os, "access", lambda path, mode: mode != os.W_OK)
+    try:
+        with Project.open(lmk) as p:
+            assert p.read_only
+            assert p.points(1)[0].x == 1.0 and p.template == _template()
+            with pytest.raises(ProjectError) as ei:
+                p.set_point(1, 1, 3.0, 3.0)
+            msg = str(ei.value)
+            assert msg.startswith(f"{lmk}: could not save landmark 1 of image 1") and \
+                "read-only" in msg
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):  # truly read-only
+                p._c().execute("DELETE FROM points")
+        assert lmk.read_bytes() == before
+        assert sorted(os.listdir(lmk.parent)) == ["images", "p.lmk"]
+    finally:
+        os.chmod(lmk.parent, 0o755)
+        os.chmod(lmk, 0o644)
 
 
 # --------------------------------------------------------------------------- two handles

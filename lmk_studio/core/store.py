@@ -50,6 +50,7 @@ BUSY_TIMEOUT_MS = 10_000
 RUN_STATUSES = ("running", "finished", "cancelled", "failed")
 CALIBRATION_SOURCE = "calibration (user)"
 _META_PREFIX = "lmk:"  # reserved meta keys used by the store itself
+_READ_ONLY = "the project file or its folder is read-only"
 
 # MIGRATIONS[v] upgrades a schema v-1 file to v. A new project runs all of them in order, so the
 # upgrade path is exercised by every create() as well as by old files.
@@ -186,7 +187,7 @@ def _describe_sqlite_error(exc: sqlite3.Error) -> str:
     if "disk is full" in low or "database or disk is full" in low:
         return "the disk is full"
     if "readonly" in low or "read-only" in low:
-        return "the project file or its folder is read-only"
+        return _READ_ONLY
     if "locked" in low or "busy" in low:
         return (f"another program kept the project locked for more than "
                 f"{BUSY_TIMEOUT_MS // 1000} s")
@@ -322,6 +323,7 @@ class Project:
         self._con: sqlite3.Connection | None = con
         self._lock = threading.RLock()
         self.last_faults: list[tuple[Path, str]] = []
+        self.read_only = False  # True when opened from a read-only place: every edit refused
         self._file_state: dict[int, tuple[Path, bool, bool]] = {}
         self._template: Template | None = None
         self._template = self._load_template()
@@ -343,6 +345,28 @@ class Project:
             con.close()
             raise
         return con
+
+    @staticmethod
+    def _connect_read_only(path: Path) -> sqlite3.Connection:
+        """For a project on a read-only medium or share: readable, every edit refused.
+
+        Without a -wal file no one is writing it, so it is read as immutable (no side files
+        are attempted); with one, a normal read-only connection sees the other writer's commits.
+        """
+        has_wal = Path(str(path) + "-wal").exists()
+        last: sqlite3.Error | None = None
+        for immutable in ((False, True) if has_wal else (True,)):
+            con = sqlite3.connect(_ro_uri(path, immutable), uri=True, isolation_level=None,
+                                  timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+            try:
+                con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                con.execute("SELECT count(*) FROM meta").fetchone()
+                return con
+            except sqlite3.Error as e:
+                con.close()
+                last = e
+        assert last is not None
+        raise last
 
     @classmethod
     def create(cls, path: str | Path, template: Template,
@@ -412,16 +436,29 @@ class Project:
         version = inspect_project_file(path)
         if version < SCHEMA_VERSION:
             cls._upgrade(path, version)
+        read_only = not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
+        con = None
+        if not read_only:
+            try:
+                con = cls._connect(path)
+            except sqlite3.Error as e:
+                if _describe_sqlite_error(e) != _READ_ONLY:
+                    raise ProjectError(f"{path}: cannot open the project "
+                                       f"({_describe_sqlite_error(e)})") from None
+                read_only = True
+        if con is None:
+            try:
+                con = cls._connect_read_only(path)
+            except sqlite3.Error as e:
+                raise ProjectError(f"{path}: cannot open the project read-only "
+                                   f"({_describe_sqlite_error(e)})") from None
         try:
-            con = cls._connect(path)
-        except sqlite3.Error as e:
-            raise ProjectError(f"{path}: cannot open the project "
-                               f"({_describe_sqlite_error(e)})") from None
-        try:
-            return cls(path, con)
+            proj = cls(path, con)
         except BaseException:
             con.close()
             raise
+        proj.read_only = read_only
+        return proj
 
     @classmethod
     def _upgrade(cls, path: Path, version: int) -> None:
@@ -489,6 +526,11 @@ class Project:
         """One committed transaction; any failure rolls back and becomes a ProjectError."""
         with self._lock:
             con = self._c()
+            if self.read_only:
+                raise ProjectError(
+                    f"{self.path}: could not save {what}: the project is open read-only "
+                    f"({_READ_ONLY}). Nothing saved before was affected; copy the project "
+                    "folder to a writable place to edit it")
             try:
                 con.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as e:
