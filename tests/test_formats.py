@@ -409,3 +409,13 @@ def test_read_points_table_for_truth(tmp_path):
     assert faults == []
     np.testing.assert_array_equal(table["a.png"][[0, 3]], [[1.5, 2.5], [4, 5]])
     assert np.isnan(table["a.png"][1]).all()
+
+
+def test_semicolon_csv_with_decimal_commas(tmp_path):
+    """As a spreadsheet in a decimal-comma locale saves it: ';' separated, '12,5'."""
+    p = tmp_path / "excel.csv"
+    p.write_bytes("\ufeffimage;landmark_index;landmark_name;x_px;y_px\r\n"
+                  "a.png;0;Sella;12,5;-3,25\r\na.png;1;Nasion;7;8.5\r\n".encode())
+    table, faults = formats.read_points_table(p, NAMES)
+    assert faults == []
+    np.testing.assert_array_equal(table["a.png"][:2], [[12.5, -3.25], [7.0, 8.5]])

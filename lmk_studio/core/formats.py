@@ -451,14 +451,32 @@ def read_isbi_points(
 
 
 # ---- project CSV / JSON parsing ------------------------------------------------------------
-def _opt_float(cell: str) -> float | None:
+def _opt_float(cell: str, decimal_comma: bool = False) -> float | None:
     cell = cell.strip()
     if not cell:
         return None
+    if decimal_comma and "," in cell and "." not in cell:
+        cell = cell.replace(",", ".")
     v = float(cell)
     if not math.isfinite(v):
         raise ValueError(cell)
     return v
+
+
+def _csv_rows(text: str, disp: str) -> tuple[list[list[str]], str]:
+    """Rows with the delimiter that gives an 'image' column: ',' or, as spreadsheets in many
+    locales save it, ';' (then with decimal commas) or tab."""
+    first = text.split("\n", 1)[0]
+    for delim in (",", ";", "\t"):
+        head = next(csv.reader([first], delimiter=delim), [])
+        if any(unescape_cell(h).strip().casefold() == "image" for h in head):
+            break
+    else:
+        delim = ","
+    try:
+        return list(csv.reader(io.StringIO(text, newline=""), delimiter=delim)), delim
+    except csv.Error as e:
+        raise ImportFault(f"{disp}: not a readable CSV ({e})") from None
 
 
 def _parse_csv(path: Path, names: Sequence[str]) -> tuple[list[ParsedPoint], list[Fault], str]:
@@ -467,10 +485,8 @@ def _parse_csv(path: Path, names: Sequence[str]) -> tuple[list[ParsedPoint], lis
     text, fault = _read_text(path, disp)
     if text is None:
         raise ImportFault(str(fault))
-    try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
-    except csv.Error as e:
-        raise ImportFault(f"{disp}: not a readable CSV ({e})") from None
+    rows, delim = _csv_rows(text, disp)
+    dc = delim != ","  # a ';' or tab file from a spreadsheet may use decimal commas
     if not rows:
         raise ImportFault(f"{disp}: empty file")
     header = [unescape_cell(h).strip() for h in rows[0]]
@@ -524,9 +540,9 @@ def _parse_csv(path: Path, names: Sequence[str]) -> tuple[list[ParsedPoint], lis
             if status is Status.UNLABELLED:
                 continue
             try:
-                x, y = _opt_float(cell(r, "x_px")), _opt_float(cell(r, "y_px"))
-                conf = _opt_float(cell(r, "confidence"))
-                eerr = _opt_float(cell(r, "expected_error_px"))
+                x, y = _opt_float(cell(r, "x_px"), dc), _opt_float(cell(r, "y_px"), dc)
+                conf = _opt_float(cell(r, "confidence"), dc)
+                eerr = _opt_float(cell(r, "expected_error_px"), dc)
                 rid_s = cell(r, "run_id").strip()
                 rid = int(rid_s) if rid_s else None
             except ValueError:
@@ -570,7 +586,7 @@ def _parse_csv(path: Path, names: Sequence[str]) -> tuple[list[ParsedPoint], lis
                                        where=f"{disp}: row {rn}"))
                 continue
             try:
-                x, y = _opt_float(xs), _opt_float(ys)
+                x, y = _opt_float(xs, dc), _opt_float(ys, dc)
                 if x is None or y is None:
                     raise ValueError
             except ValueError:
