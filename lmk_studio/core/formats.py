@@ -613,7 +613,9 @@ def _parse_project_json(path: Path, names: Sequence[str]) -> tuple[list[ParsedPo
     if isinstance(d.get("version"), int) and d["version"] > JSON_VERSION:
         raise ImportFault(f"{disp}: written by a newer lmk_studio (version {d['version']})")
     t = d.get("template")
-    t_names = [lm.get("name") for lm in t.get("landmarks", [])] if isinstance(t, dict) else None
+    lms = t.get("landmarks") if isinstance(t, dict) else None
+    t_names = ([lm.get("name") if isinstance(lm, dict) else lm for lm in lms]
+               if isinstance(lms, list) else None)
     if t_names is not None and [str(n) for n in t_names] != list(names):
         raise ImportFault(
             f"{disp}: its template ({len(t_names)} landmarks: {', '.join(map(str, t_names[:4]))}"
