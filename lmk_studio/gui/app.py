@@ -1,0 +1,44 @@
+"""`lmk-studio` without a command: the desktop app."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import sys
+from pathlib import Path
+
+log = logging.getLogger("lmk_studio.gui.app")
+
+
+def make_app():
+    """The QApplication (created once), with pyqtgraph set to row-major images."""
+    import pyqtgraph as pg
+    from PySide6.QtWidgets import QApplication
+
+    from lmk_studio.gui.settings import APP, ORG
+
+    pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setOrganizationName(ORG)
+    app.setApplicationName(APP)
+    return app
+
+
+def run_app(project: str | None = None, demo: bool = False) -> int:
+    """Open the window (on `project`, or the demo, or the start screen); returns the exit code."""
+    multiprocessing.freeze_support()
+    from lmk_studio.gui.errors import install_excepthook, setup_logging
+
+    path = setup_logging()
+    log.info("lmk_studio starting (log %s)", path)
+    app = make_app()
+    from lmk_studio.gui.main_window import MainWindow
+
+    win = MainWindow()
+    install_excepthook(win)
+    win.show()
+    if demo:
+        win.open_demo()
+    elif project:
+        win.open_project(Path(project))
+    return int(app.exec())

@@ -1,0 +1,825 @@
+"""The main window: start screen or workspace (canvas + image list, landmarks, review, training).
+
+Gestures from the canvas and keys become QUndoCommands (undo.py) whose redo() writes through the
+store at once; views redraw from the Document's signals. Training runs in the TrainingPanel's
+child process; the window only reacts to its signals, so it never trains or waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QByteArray, QRectF, Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QUndoStack
+from PySide6.QtWidgets import (
+    QDockWidget,
+    QFileDialog,
+    QInputDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QStackedWidget,
+    QWidget,
+)
+
+from lmk_studio.core.errors import LmkError
+from lmk_studio.core.points import Status
+from lmk_studio.gui import settings
+from lmk_studio.gui.canvas import Canvas, default_levels
+from lmk_studio.gui.errors import describe, log_path, report_exception, show_error
+from lmk_studio.gui.export_dialog import ExportDialog, run_export
+from lmk_studio.gui.help_dialog import HelpDialog
+from lmk_studio.gui.image_list import ImageList
+from lmk_studio.gui.loader import ImageLoader
+from lmk_studio.gui.review import ReviewPanel
+from lmk_studio.gui.start_screen import NewProjectDialog, StartScreen
+from lmk_studio.gui.state import Document
+from lmk_studio.gui.template_editor import TemplateEditor
+from lmk_studio.gui.template_panel import TemplatePanel
+from lmk_studio.gui.undo import (
+    AcceptPoints,
+    Calibrate,
+    ClearPoint,
+    MarkAbsent,
+    MovePoint,
+    PlacePoint,
+    SetExemplar,
+)
+
+log = logging.getLogger("lmk_studio.gui.window")
+
+STAGE_OVERLAYS = {  # overlay key -> (run kinds, colour, symbol, words)
+    "stage1": (("stage1", "stage1-predict"), "#00e5ff", "t", "Stage I"),
+    "stage2": (("stage2", "stage2-predict"), "#ff66cc", "x", "Stage II"),
+}
+
+
+def ensure_demo_project() -> Path:
+    """The phantom demo project under the user data dir, written on first use."""
+    from lmk_studio.core.paths import data_dir
+
+    d = data_dir() / "demo"
+    existing = sorted(d.glob("*.lmk")) if d.is_dir() else []
+    if existing:
+        return existing[0]
+    from lmk_studio.core.phantoms import write_demo_project
+
+    return Path(write_demo_project(d))
+
+
+class MainWindow(QMainWindow):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWindowTitle("lmk_studio")
+        self.resize(1400, 900)
+        self.doc = Document()
+        self.undo_stack = QUndoStack(self)
+        self.loader = ImageLoader()
+        self.last_faults: list[tuple[Path, str]] = []
+        self.last_error: str | None = None
+        self.shown_image_id: int | None = None
+        self._pending_focus: int | None = None
+        self._exemplar_was_complete = False
+        self.auto_preview = True  # start the classical preview when the exemplar is complete
+        self._pred_cache: dict[int, dict[int, Any]] = {}
+        self._actions: list[tuple[str, QAction]] = []
+
+        self.canvas = Canvas()
+        self.start = StartScreen()
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.start)
+        self.stack.addWidget(self.canvas)
+        self.setCentralWidget(self.stack)
+
+        self.image_list = ImageList(self.doc)
+        self.template_panel = TemplatePanel(self.doc)
+        self.review = ReviewPanel(self.doc)
+        self.training = self._make_training_panel()
+        self.dock_images = self._dock("Images", self.image_list, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.dock_landmarks = self._dock("Landmarks", self.template_panel,
+                                         Qt.DockWidgetArea.RightDockWidgetArea)
+        self.dock_review = self._dock("Review", self.review, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.dock_training = self._dock("Training", self.training,
+                                        Qt.DockWidgetArea.RightDockWidgetArea)
+        self.tabifyDockWidget(self.dock_review, self.dock_training)
+        self.dock_review.raise_()
+
+        self.cursor_label = QLabel()
+        self.cursor_label.setMinimumWidth(340)
+        self.progress_label = QLabel()
+        self.statusBar().addPermanentWidget(self.progress_label)
+        self.statusBar().addPermanentWidget(self.cursor_label)
+
+        self._build_actions()
+        self._connect()
+        self._restore_geometry()
+        self._show_workspace(False)
+
+    # ------------------------------------------------------------------ construction
+    def _make_training_panel(self) -> QWidget:
+        try:
+            from lmk_studio.gui.training_panel import TrainingPanel
+        except Exception as exc:  # shown in the dock itself and logged: never silent
+            log.exception("the training panel could not be loaded")
+            lab = QLabel(f"Training is unavailable: {describe(exc)}\nLog: {log_path()}")
+            lab.setWordWrap(True)
+            return lab
+        return TrainingPanel()
+
+    def _dock(self, title: str, w: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
+        d = QDockWidget(title, self)
+        d.setObjectName(f"dock_{title.lower()}")
+        d.setWidget(w)
+        self.addDockWidget(area, d)
+        return d
+
+    def _act(self, group: str, text: str, slot, keys: Any = None, checkable: bool = False,
+             checked: bool = False) -> QAction:
+        a = QAction(text, self)
+        if keys is not None:
+            seqs = keys if isinstance(keys, list) else [keys]
+            a.setShortcuts([QKeySequence(k) for k in seqs])
+        a.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        if checkable:
+            a.setCheckable(True)
+            a.setChecked(checked)
+            a.toggled.connect(slot)
+        else:
+            a.triggered.connect(lambda _c=False: slot())
+        self.addAction(a)
+        self._actions.append((group, a))
+        return a
+
+    def _build_actions(self) -> None:
+        mb = self.menuBar()
+        f = mb.addMenu("&File")
+        f.addAction(self._act("File", "&New project…", self.new_project_dialog,
+                              QKeySequence.StandardKey.New))
+        f.addAction(self._act("File", "&Open project…", lambda: self.open_project_dialog(),
+                              QKeySequence.StandardKey.Open))
+        f.addAction(self._act("File", "Open the &demo project", self.open_demo))
+        f.addSeparator()
+        self.a_add_images = self._act("File", "&Add images…", self.add_images_dialog)
+        self.a_export = self._act("File", "&Export landmarks…", self.export_dialog, "Ctrl+E")
+        f.addAction(self.a_add_images)
+        f.addAction(self.a_export)
+        f.addSeparator()
+        self.a_close = self._act("File", "&Close project", self.close_project)
+        f.addAction(self.a_close)
+        f.addAction(self._act("File", "&Quit", self.close, QKeySequence.StandardKey.Quit))
+
+        e = mb.addMenu("&Edit")
+        self.a_undo = self.undo_stack.createUndoAction(self, "&Undo")
+        self.a_undo.setShortcuts(QKeySequence.StandardKey.Undo)
+        self.a_redo = self.undo_stack.createRedoAction(self, "&Redo")
+        self.a_redo.setShortcuts([QKeySequence(QKeySequence.StandardKey.Redo),
+                                  QKeySequence("Ctrl+Y")])
+        self.a_undo.setProperty("helpText", "Undo")  # its text follows the last command
+        self.a_redo.setProperty("helpText", "Redo")
+        for a in (self.a_undo, self.a_redo):
+            self.addAction(a)
+            self._actions.append(("Edit", a))
+            e.addAction(a)
+        e.addSeparator()
+        self.a_absent = self._act("Edit", "Mark landmark &absent", self.mark_absent, "X")
+        self.a_clear = self._act("Edit", "&Clear landmark", self.clear_point,
+                                 ["Delete", "Backspace"])
+        self.a_exemplar = self._act("Edit", "Use this image as the e&xemplar", self.set_exemplar)
+        self.a_template = self._act("Edit", "Edit the landmark &template…", self.edit_template)
+        for a in (self.a_absent, self.a_clear, self.a_exemplar, self.a_template):
+            e.addAction(a)
+
+        v = mb.addMenu("&View")
+        v.addAction(self._act("View", "&Fit image", self.canvas.fit, "F"))
+        v.addAction(self._act("View", "&1:1 (one image pixel per screen pixel)",
+                              self.canvas.one_to_one, "1"))
+        v.addAction(self._act("View", "Zoom &in", lambda: self.canvas.zoom(1.25), ["+", "="]))
+        v.addAction(self._act("View", "Zoom &out", lambda: self.canvas.zoom(0.8), "-"))
+        v.addSeparator()
+        self.a_stage1 = self._act("View", "Show Stage I predictions", self._overlays_toggled,
+                                  None, checkable=True)
+        self.a_stage2 = self._act("View", "Show Stage II predictions", self._overlays_toggled,
+                                  None, checkable=True)
+        self.a_hist = self._act("View", "Show the histogram (window/level)",
+                                self.canvas.hist.setVisible, None, checkable=True, checked=True)
+        for a in (self.a_stage1, self.a_stage2, self.a_hist):
+            v.addAction(a)
+        v.addSeparator()
+        for d in (self.dock_images, self.dock_landmarks, self.dock_review, self.dock_training):
+            v.addAction(d.toggleViewAction())
+
+        n = mb.addMenu("&Navigate")
+        n.addAction(self._act("Navigate", "&Next image", lambda: self.step_image(1), "PgDown"))
+        n.addAction(self._act("Navigate", "&Previous image", lambda: self.step_image(-1),
+                              "PgUp"))
+        n.addAction(self._act("Navigate", "Next &landmark", lambda: self.step_landmark(1), "]"))
+        n.addAction(self._act("Navigate", "Previous l&andmark", lambda: self.step_landmark(-1),
+                              "["))
+
+        r = mb.addMenu("&Review")
+        r.addAction(self._act("Review", "&Next to review", self.review_next, "Space"))
+        r.addAction(self._act("Review", "&Previous to review", self.review_previous,
+                              "Shift+Space"))
+        r.addAction(self._act("Review", "&Accept point", self.accept_point,
+                              ["Return", "Enter"]))
+        r.addAction(self._act("Review", "Accept &all points of the image", self.accept_image,
+                              ["Shift+Return", "Shift+Enter"]))
+        r.addAction(self._act("Review", "&Retrain with my corrections", self.retrain))
+
+        t = mb.addMenu("&Tools")
+        self.a_calibrate = self._act("Tools", "&Calibrate: click two points…",
+                                     self.start_calibration, "C")
+        t.addAction(self.a_calibrate)
+        t.addAction(self._act("Tools", "Cancel the current tool",
+                              lambda: self.canvas.set_mode("place"), "Escape"))
+        t.addAction(self._act("Tools", "Run the classical &preview", self.run_preview))
+
+        h = mb.addMenu("&Help")
+        h.addAction(self._act("Help", "&Keyboard reference", self.show_help, "F1"))
+        h.addAction(self._act("Help", "Where is the &log?", self.show_log_path))
+
+    def _connect(self) -> None:
+        d = self.doc
+        d.image_changed.connect(self._image_changed)
+        d.landmark_changed.connect(self._landmark_changed)
+        d.points_changed.connect(self._points_changed)
+        d.images_changed.connect(self._images_changed)
+        d.error.connect(lambda title, exc: self._error(title, exc))
+        self.loader.loaded.connect(self._image_loaded)
+        self.loader.failed.connect(self._image_failed)
+        self.canvas.place_requested.connect(self.place)
+        self.canvas.point_moved.connect(self.move_point)
+        self.canvas.landmark_clicked.connect(self.doc.set_landmark)
+        self.canvas.cursor_info.connect(self.cursor_label.setText)
+        self.canvas.calibration_measured.connect(self._calibration_measured)
+        self.image_list.image_selected.connect(self.doc.set_image)
+        self.template_panel.landmark_selected.connect(self.select_landmark)
+        self.template_panel.absent_requested.connect(self.mark_absent)
+        self.template_panel.clear_requested.connect(self.clear_point)
+        self.review.goto.connect(self.goto)
+        self.review.accept_point.connect(self.accept_point)
+        self.review.accept_image.connect(self.accept_image)
+        self.review.retrain.connect(self.retrain)
+        self.start.new_requested.connect(self.new_project_dialog)
+        self.start.open_requested.connect(lambda p: self.open_project_dialog(p or None))
+        self.start.demo_requested.connect(self.open_demo)
+        tp = self.training
+        if hasattr(tp, "finished"):
+            tp.started.connect(self._training_started)
+            tp.finished.connect(self._training_finished)
+            tp.failed.connect(self._training_failed)
+            if hasattr(tp, "cancelled"):
+                tp.cancelled.connect(self._training_cancelled)
+
+    # ------------------------------------------------------------------ settings
+    def _restore_geometry(self) -> None:
+        g = settings.get_value("window/geometry")
+        s = settings.get_value("window/state")
+        if isinstance(g, QByteArray) and not g.isEmpty():
+            self.restoreGeometry(g)
+        if isinstance(s, QByteArray) and not s.isEmpty():
+            self.restoreState(s)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        settings.set_value("window/geometry", self.saveGeometry())
+        settings.set_value("window/state", self.saveState())
+        if hasattr(self.training, "shutdown") and self.training.is_running():
+            self.statusBar().showMessage("Stopping the training before closing…")
+            self.training.shutdown(5.0)
+        self._remember_image()
+        if self.doc.project is not None:
+            self.doc.set_project(None)
+        super().closeEvent(event)
+
+    # ------------------------------------------------------------------ project
+    def _show_workspace(self, on: bool) -> None:
+        self.stack.setCurrentWidget(self.canvas if on else self.start)
+        for d in (self.dock_images, self.dock_landmarks, self.dock_review, self.dock_training):
+            d.setVisible(on)
+        for a in (self.a_add_images, self.a_export, self.a_close, self.a_exemplar,
+                  self.a_template, self.a_calibrate):
+            a.setEnabled(on)
+        if not on:
+            self.start.refresh()
+
+    def _error(self, title: str, exc: BaseException | str) -> None:
+        msg = exc if isinstance(exc, str) else describe(exc)
+        self.last_error = f"{title}: {msg}"
+        self.statusBar().showMessage(self.last_error, 15000)
+        if isinstance(exc, str):
+            show_error(self, title, msg)
+        else:
+            report_exception(self, title, exc)
+
+    def open_project(self, path: str | Path) -> bool:
+        """Open a .lmk file; errors (missing, corrupt, newer version) are shown, nothing lost."""
+        from lmk_studio.core.store import Project
+
+        try:
+            proj = Project.open(Path(path))
+        except (LmkError, OSError) as exc:
+            self._error(f"Could not open {Path(path).name}", exc)
+            return False
+        self._set_project(proj)
+        return True
+
+    def create_project(self, project_path: Path, template: Any, images_dir: Path) -> bool:
+        """The start screen's "new project" path (tests drive it directly)."""
+        from lmk_studio.core.store import Project
+
+        try:
+            proj = Project.create(Path(project_path), template, images_dir=Path(images_dir))
+        except (LmkError, OSError) as exc:
+            self._error("Could not create the project", exc)
+            return False
+        self._set_project(proj)
+        self.last_faults = list(getattr(proj, "last_faults", []) or [])
+        n = len(self.doc.records())
+        if self.last_faults:
+            lines = "\n".join(f"• {p}: {why}" for p, why in self.last_faults[:20])
+            more = len(self.last_faults) - 20
+            if more > 0:
+                lines += f"\n… and {more} more (see the log)"
+            for p, why in self.last_faults:
+                log.warning("skipped %s: %s", p, why)
+            show_error(self, "Some images were skipped",
+                       f"{n} images were added; {len(self.last_faults)} could not be read "
+                       f"and were skipped:\n{lines}")
+        if n == 0:
+            show_error(self, "No images", f"{images_dir}: no readable X-ray was found. Add "
+                       "images with File ▸ Add images.")
+        return True
+
+    def _set_project(self, proj: Any) -> None:
+        self._remember_image()
+        self.undo_stack.clear()
+        self.loader.clear()
+        self._pred_cache.clear()
+        self.shown_image_id = None
+        self.canvas.set_image(None)
+        self.doc.set_project(proj)
+        t = proj.template
+        self.canvas.set_template(t.names, [lm.color for lm in t.landmarks])
+        if hasattr(self.training, "set_project"):
+            self.training.set_project(proj.path)
+        settings.add_recent_project(Path(proj.path))
+        self.setWindowTitle(f"{Path(proj.path).name} — lmk_studio")
+        self._show_workspace(True)
+        self._exemplar_was_complete = self.doc.exemplar_complete()
+        ids = [r.id for r in self.doc.records()]
+        last = proj.get_meta("gui.last_image")
+        first = last if last in ids else (self.doc.exemplar_id or (ids[0] if ids else None))
+        self.doc.set_image(first)
+        self._update_progress()
+        if not ids:
+            self.statusBar().showMessage("This project has no images yet: File ▸ Add images.")
+
+    def _remember_image(self) -> None:
+        if self.doc.project is not None and self.doc.image_id is not None:
+            try:
+                self.doc.project.set_meta("gui.last_image", self.doc.image_id)
+            except (LmkError, OSError) as exc:  # a read-only project still closes cleanly
+                log.warning("could not remember the last image: %s", exc)
+
+    def close_project(self) -> None:
+        self._remember_image()
+        self.undo_stack.clear()
+        self.loader.clear()
+        self.canvas.set_image(None)
+        self.doc.set_project(None)
+        if hasattr(self.training, "set_project"):
+            self.training.set_project(None)
+        self.setWindowTitle("lmk_studio")
+        self._show_workspace(False)
+
+    def new_project_dialog(self) -> None:
+        dlg = NewProjectDialog(self)
+        if dlg.exec() != NewProjectDialog.DialogCode.Accepted:
+            return
+        images, template, path = dlg.values()
+        self.create_project(path, template, images)
+
+    def open_project_dialog(self, path: str | None = None) -> None:
+        if not path:
+            path, _ = QFileDialog.getOpenFileName(self, "Open a project", "",
+                                                  "lmk_studio project (*.lmk);;All files (*)")
+        if path:
+            self.open_project(path)
+
+    def open_demo(self) -> bool:
+        self.statusBar().showMessage("Preparing the demo project…")
+        try:
+            path = ensure_demo_project()
+        except (LmkError, OSError) as exc:
+            self._error("Could not write the demo project", exc)
+            return False
+        return self.open_project(path)
+
+    def add_images_dialog(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self, "Add images", "")
+        if files:
+            self.add_images([Path(f) for f in files])
+
+    def add_images(self, paths: list[Path]) -> None:
+        try:
+            added = self.doc.project.add_images(paths)
+        except (LmkError, OSError) as exc:
+            self._error("Could not add the images", exc)
+            return
+        faults = list(getattr(self.doc.project, "last_faults", []) or [])
+        self.doc.reload_images()
+        msg = f"Added {len(added)} image(s)."
+        if faults:
+            show_error(self, "Some images were skipped", msg + "\n" + "\n".join(
+                f"• {p}: {why}" for p, why in faults[:20]))
+        self.statusBar().showMessage(msg, 8000)
+
+    # ------------------------------------------------------------------ image display
+    def _image_changed(self, image_id: int) -> None:
+        if image_id < 0 or self.doc.project is None:
+            self.canvas.set_image(None)
+            self.canvas.set_points([])
+            return
+        rec = self.doc.record(image_id)
+        if rec.missing:
+            self.shown_image_id = None
+            self.canvas.set_image(None)
+            self.statusBar().showMessage(f"{rec.path}: the file is missing (moved or deleted); "
+                                         "its landmarks are kept.", 15000)
+            return
+        self.loader.request(image_id, rec.path)
+        ids = self.image_list.visible_ids()
+        if image_id in ids:  # decode the next image while the user works on this one
+            k = ids.index(image_id)
+            if k + 1 < len(ids):
+                nxt = self.doc.record(ids[k + 1])
+                if not nxt.missing:
+                    self.loader.prefetch(nxt.id, nxt.path)
+
+    def _image_loaded(self, image_id: int, img: Any) -> None:
+        if image_id != self.doc.image_id:
+            return
+        window = getattr(img.meta, "window", None)
+        levels = default_levels(img.pixels, window)
+        self.canvas.set_image(img.pixels, levels, self.doc.spacing(image_id),
+                              fit=self._pending_focus is None)
+        self.shown_image_id = image_id
+        self._redraw_points()
+        if self._pending_focus is not None:
+            self._focus_landmark(self._pending_focus)
+            self._pending_focus = None
+        rec = self.doc.record(image_id)
+        sp = rec.spacing
+        extra = f", {sp[1]:.4g} mm/px ({rec.spacing_source})" if sp else ", no pixel spacing"
+        self.statusBar().showMessage(f"{rec.name}: {rec.width} x {rec.height} px{extra}", 6000)
+
+    def _image_failed(self, image_id: int, message: str) -> None:
+        if image_id != self.doc.image_id:
+            return
+        self.shown_image_id = None
+        self.canvas.set_image(None)
+        self.canvas.set_points([])
+        self.image_list.model.mark_unreadable(image_id, message)
+        self.last_error = message
+        self.statusBar().showMessage(f"Could not show this image: {message}", 20000)
+        log.warning("could not show image %s: %s", image_id, message)
+
+    def _redraw_points(self) -> None:
+        if self.shown_image_id is None or self.shown_image_id != self.doc.image_id:
+            return
+        self.canvas.set_points(self.doc.points(), self.doc.landmark)
+        self._update_overlays()
+
+    def _points_changed(self, image_id: int) -> None:
+        if image_id in (-1, self.doc.image_id):
+            self._redraw_points()
+        self._update_progress()
+
+    def _images_changed(self) -> None:
+        if self.doc.image_id is not None:
+            self.canvas.spacing = self.doc.spacing()
+        self._update_progress()
+
+    def _landmark_changed(self, index: int) -> None:
+        self._redraw_points()
+        if self.doc.image_id is not None:
+            self.review.set_cursor(self.doc.image_id, index)
+
+    def _update_progress(self) -> None:
+        if self.doc.project is None:
+            self.progress_label.clear()
+            return
+        s = self.doc.review_summary()
+        ex = self.doc.exemplar_id
+        if ex is None:
+            txt = "No exemplar yet: place the landmarks on one image"
+        else:
+            pts = self.doc.points(ex)
+            done = sum(p.status is not Status.UNLABELLED for p in pts)
+            txt = f"Exemplar {done}/{len(pts)}"
+        if s.points_total:
+            txt += (f"  ·  reviewed {s.images_reviewed}/{s.images_total} images, "
+                    f"{s.points_reviewed}/{s.points_total} landmarks")
+        self.progress_label.setText(txt)
+
+    def _overlays_toggled(self, _on: bool = False) -> None:
+        self._update_overlays()
+
+    def _latest_run(self, kinds: tuple[str, ...]) -> int | None:
+        runs = [r for r in self.doc.project.runs() if r.kind in kinds and r.status == "finished"]
+        return runs[-1].id if runs else None
+
+    def _update_overlays(self) -> None:
+        iid = self.doc.image_id
+        for key, (kinds, color, symbol, _words) in STAGE_OVERLAYS.items():
+            on = (self.a_stage1 if key == "stage1" else self.a_stage2).isChecked()
+            pts = None
+            if on and iid is not None and self.doc.project is not None:
+                rid = self._latest_run(kinds)
+                if rid is not None:
+                    if rid not in self._pred_cache:
+                        self._pred_cache[rid] = self.doc.project.predictions(rid)
+                    row = self._pred_cache[rid].get(iid)
+                    if row:
+                        pts = np.array([[p.x, p.y] if p.placed else [np.nan, np.nan]
+                                        for p in row], dtype=float)
+            self.canvas.set_overlay(key, pts, color, symbol)
+
+    # ------------------------------------------------------------------ navigation
+    def step_image(self, delta: int) -> None:
+        ids = self.image_list.visible_ids()
+        if not ids:
+            return
+        cur = self.doc.image_id
+        k = ids.index(cur) + delta if cur in ids else 0
+        self.doc.set_image(ids[max(0, min(len(ids) - 1, k))])
+
+    def step_landmark(self, delta: int) -> None:
+        n = self.doc.n_landmarks
+        if n:
+            self.select_landmark((self.doc.landmark + delta) % n)
+
+    def select_landmark(self, index: int) -> None:
+        self.doc.set_landmark(index)
+        self._focus_landmark(index, zoom=False)
+
+    def _focus_landmark(self, index: int, zoom: bool = False) -> None:
+        pts = self.doc.points()
+        if not (0 <= index < len(pts)) or not pts[index].placed or self.canvas.pixels is None:
+            return
+        p = pts[index]
+        if zoom:
+            h, w = self.canvas.pixels.shape[:2]
+            span = max(h, w) / 3.0
+            self.canvas.vb.setRange(QRectF(p.x - span / 2, p.y - span / 2, span, span),
+                                    padding=0)
+        else:
+            self.canvas.center_on(p.x, p.y)
+
+    def goto(self, image_id: int, index: int) -> None:
+        """Show a landmark of an image (from the review queue): zoomed around it."""
+        if image_id != self.doc.image_id:
+            self._pending_focus = index
+            self.doc.set_image(image_id)
+            self.doc.set_landmark(index)
+        else:
+            self.doc.set_landmark(index)
+            self._focus_landmark(index, zoom=True)
+
+    def review_next(self) -> None:
+        if self.review.next() is None:
+            self.statusBar().showMessage("Nothing left to review.", 5000)
+
+    def review_previous(self) -> None:
+        if self.review.previous() is None:
+            self.statusBar().showMessage("Nothing left to review.", 5000)
+
+    # ------------------------------------------------------------------ edits
+    def _push(self, cmd: Any) -> bool:
+        self.undo_stack.push(cmd)
+        return getattr(cmd, "error", None) is None
+
+    def place(self, x: float, y: float) -> None:
+        iid = self.doc.image_id
+        if iid is None or self.doc.project is None or self.shown_image_id != iid:
+            return
+        idx = self.doc.landmark
+        if not self._push(PlacePoint(self.doc, iid, idx, x, y)):
+            return
+        nxt = self.doc.next_unplaced(idx)
+        if nxt is not None:
+            self.doc.set_landmark(nxt)
+        else:
+            self.doc.landmark_changed.emit(self.doc.landmark)
+        self._after_edit()
+
+    def move_point(self, index: int, x: float, y: float) -> None:
+        iid = self.doc.image_id
+        if iid is None:
+            return
+        self._push(MovePoint(self.doc, iid, index, x, y))
+        self.doc.set_landmark(index)
+        self._after_edit()
+
+    def mark_absent(self) -> None:
+        iid = self.doc.image_id
+        if iid is None:
+            return
+        idx = self.doc.landmark
+        if self.doc.points()[idx].status is Status.ABSENT:
+            return
+        if self.doc.exemplar_id is None:
+            self.statusBar().showMessage("Place a landmark first: the image you annotate "
+                                         "first becomes the exemplar.", 8000)
+            return
+        if not self._push(MarkAbsent(self.doc, iid, idx)):
+            return
+        nxt = self.doc.next_unplaced(idx)
+        if nxt is not None:
+            self.doc.set_landmark(nxt)
+        self._after_edit()
+
+    def clear_point(self) -> None:
+        iid = self.doc.image_id
+        if iid is None:
+            return
+        idx = self.doc.landmark
+        if self.doc.points()[idx].status is Status.UNLABELLED:
+            return
+        self._push(ClearPoint(self.doc, iid, idx))
+        self._after_edit()
+
+    def accept_point(self) -> None:
+        iid = self.doc.image_id
+        if iid is None:
+            return
+        idx = self.doc.landmark
+        if self.doc.points()[idx].status is not Status.PREDICTED:
+            self.review_next()
+            return
+        self._push(AcceptPoints(self.doc, iid, [idx]))
+        self.review_next()
+
+    def accept_image(self) -> None:
+        iid = self.doc.image_id
+        if iid is None:
+            return
+        idx = [p.index for p in self.doc.points() if p.status is Status.PREDICTED]
+        if idx:
+            self._push(AcceptPoints(self.doc, iid, idx))
+        self.review_next()
+
+    def set_exemplar(self) -> None:
+        iid = self.doc.image_id
+        if iid is None or iid == self.doc.exemplar_id:
+            return
+        self._push(SetExemplar(self.doc, iid))
+        self._exemplar_was_complete = self.doc.exemplar_complete()
+        self._update_progress()
+
+    def _after_edit(self) -> None:
+        """Start the instant classical preview when the exemplar has just become complete."""
+        complete = self.doc.exemplar_complete()
+        if complete and not self._exemplar_was_complete and self.auto_preview:
+            self.run_preview(auto=True)
+        self._exemplar_was_complete = complete
+
+    def edit_template(self) -> None:
+        proj = self.doc.project
+        if proj is None:
+            return
+        ed = TemplateEditor(proj.template, self)
+        if ed.exec() != TemplateEditor.DialogCode.Accepted:
+            return
+        try:
+            proj.set_template(ed.template())
+        except (LmkError, OSError) as exc:
+            self._error("Could not change the template", exc)
+            return
+        self._set_project(proj)
+
+    # ------------------------------------------------------------------ calibration
+    def start_calibration(self) -> None:
+        if self.canvas.pixels is None:
+            return
+        self.canvas.set_mode("calibrate")
+        self.statusBar().showMessage("Calibration: click two points a known distance apart "
+                                     "(Esc cancels).")
+
+    def ask_distance_mm(self, dist_px: float) -> float | None:
+        """Ask the real distance; tests replace this method."""
+        mm, ok = QInputDialog.getDouble(
+            self, "Calibration", f"The two points are {dist_px:.1f} px apart.\n"
+            "Their real distance in mm:", 10.0, 0.001, 100000.0, 3)
+        return mm if ok else None
+
+    def _calibration_measured(self, x0: float, y0: float, x1: float, y1: float) -> None:
+        dist = math.hypot(x1 - x0, y1 - y0)
+        QTimer.singleShot(0, lambda: self._finish_calibration(dist))
+
+    def _finish_calibration(self, dist_px: float) -> None:
+        self.canvas.set_mode("place")
+        if dist_px < 1.0:
+            self.statusBar().showMessage("Calibration: the two points are too close.", 8000)
+            return
+        mm = self.ask_distance_mm(dist_px)
+        if mm is None or mm <= 0:
+            self.statusBar().showMessage("Calibration cancelled.", 5000)
+            return
+        proj = self.doc.project
+        spacing = mm / dist_px
+        try:
+            old = proj.calibration(None)
+        except (LmkError, OSError) as exc:
+            self._error("Could not calibrate", exc)
+            return
+        if self._push(Calibrate(self.doc, spacing, None, old)):
+            rec = self.doc.record(self.doc.image_id)
+            note = ""
+            if rec.spacing_source and not str(rec.spacing_source).startswith("calibration"):
+                note = (f" This image keeps the spacing of its file ({rec.spacing_source}).")
+            self.canvas.spacing = self.doc.spacing()
+            self.statusBar().showMessage(f"Calibrated: {spacing:.4f} mm/px for the images "
+                                         f"without a spacing in their file.{note}", 12000)
+
+    # ------------------------------------------------------------------ training
+    def run_preview(self, auto: bool = False) -> None:
+        tp = self.training
+        if not hasattr(tp, "start") or self.doc.project is None:
+            return
+        if not self.doc.exemplar_complete():
+            if not auto:
+                self.statusBar().showMessage("Place (or mark absent) every landmark of the "
+                                             "exemplar first.", 8000)
+            return
+        if tp.is_running():
+            if not auto:
+                self.statusBar().showMessage("A job is running; the preview waits for it.", 8000)
+            return
+        if tp.start("classical"):
+            self.statusBar().showMessage("Exemplar complete: computing the instant preview on "
+                                         "the other images…", 10000)
+
+    def retrain(self) -> None:
+        tp = self.training
+        if not hasattr(tp, "start"):
+            return
+        self.dock_training.raise_()
+        tp.start("stage2")
+
+    def _training_started(self, job: str) -> None:
+        self.statusBar().showMessage(f"Background job started: {job}", 5000)
+
+    def _training_finished(self, run_ids: list) -> None:
+        self._pred_cache.clear()
+        self.doc.invalidate(None)
+        n_pending = len(self.review.items)
+        self.statusBar().showMessage(
+            f"Job finished (runs {', '.join(map(str, run_ids))}): {n_pending} predicted "
+            "landmarks to review (Space: next).", 15000)
+        if n_pending:
+            self.dock_review.raise_()
+
+    def _training_cancelled(self, run_ids: list) -> None:
+        self.doc.invalidate(None)
+        self.statusBar().showMessage("Job cancelled; Resume continues it.", 10000)
+
+    def _training_failed(self, message: str) -> None:
+        self.doc.invalidate(None)
+        self._error("The background job stopped", message)
+
+    # ------------------------------------------------------------------ export, help
+    def export_dialog(self) -> None:
+        proj = self.doc.project
+        if proj is None:
+            return
+        known = any(r.spacing for r in self.doc.records())
+        dlg = ExportDialog(proj, self, spacing_known=known)
+        if dlg.exec() != ExportDialog.DialogCode.Accepted:
+            return
+        self.export(*dlg.choice())
+
+    def export(self, fmt: str, path: Path, reviewed_only: bool, units: str) -> bool:
+        try:
+            run_export(self.doc.project, fmt, Path(path), reviewed_only, units)
+        except (LmkError, OSError, ValueError) as exc:
+            self._error("Could not export", exc)
+            return False
+        self.statusBar().showMessage(f"Exported to {path}", 10000)
+        return True
+
+    def show_help(self) -> HelpDialog:
+        dlg = HelpDialog(self._actions, self)
+        dlg.show()
+        return dlg
+
+    def show_log_path(self) -> None:
+        self.statusBar().showMessage(f"Log file: {log_path()}", 20000)
+        box = QMessageBox(QMessageBox.Icon.Information, "Log file",
+                          f"The log file is:\n{log_path()}", QMessageBox.StandardButton.Ok, self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.show()

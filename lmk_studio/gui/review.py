@@ -1,0 +1,170 @@
+"""Review queue: predicted points ordered by lowest confidence (images, then landmarks within).
+
+Next/previous walk the pending (still PREDICTED) points; accepting or correcting a point removes
+it from the queue, and "next" then continues from the same place in the order.
+"""
+
+from __future__ import annotations
+
+import math
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QBrush, QColor
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lmk_studio.core.points import LandmarkPoint, Status
+from lmk_studio.gui.canvas import confidence_color
+from lmk_studio.gui.state import Document
+
+Item = tuple[int, int]  # (image id, landmark index)
+
+
+def _conf(p: LandmarkPoint) -> float:
+    c = p.confidence
+    return c if c is not None and math.isfinite(c) else -1.0  # unknown first: look at it
+
+
+def review_queue(points: dict[int, list[LandmarkPoint]], exemplar: int | None
+                 ) -> list[tuple[int, list[LandmarkPoint]]]:
+    """[(image id, pending points by rising confidence)] with images by their lowest one."""
+    out = []
+    for iid, pts in points.items():
+        if iid == exemplar:
+            continue
+        pend = sorted((p for p in pts if p.status is Status.PREDICTED and p.placed),
+                      key=lambda p: (_conf(p), p.index))
+        if pend:
+            out.append((iid, pend))
+    out.sort(key=lambda t: (_conf(t[1][0]), t[0]))
+    return out
+
+
+class ReviewPanel(QWidget):
+    goto = Signal(int, int)
+    accept_point = Signal()
+    accept_image = Signal()
+    retrain = Signal()
+
+    def __init__(self, doc: Document, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.doc = doc
+        self.items: list[Item] = []
+        self.cursor: Item | None = None
+        self._last_pos = 0
+        self.progress_label = QLabel()
+        self.progress_label.setObjectName("reviewProgress")
+        self.progress_bar = QProgressBar()
+        self.tree = QTreeWidget()
+        self.tree.setObjectName("reviewTree")
+        self.tree.setHeaderLabels(["Image / landmark", "Confidence"])
+        self.tree.setColumnWidth(0, 170)
+        self.tree.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.tree.itemClicked.connect(self._clicked)
+        self.prev_btn = QPushButton("◀ Previous")
+        self.next_btn = QPushButton("Next ▶")
+        self.accept_btn = QPushButton("Accept point")
+        self.accept_all_btn = QPushButton("Accept image")
+        self.retrain_btn = QPushButton("Retrain with my corrections")
+        self.retrain_btn.setToolTip("Start a Stage II run that learns from the points you "
+                                    "accepted or corrected")
+        self.prev_btn.clicked.connect(self.previous)
+        self.next_btn.clicked.connect(self.next)
+        self.accept_btn.clicked.connect(self.accept_point)
+        self.accept_all_btn.clicked.connect(self.accept_image)
+        self.retrain_btn.clicked.connect(self.retrain)
+        grid = QGridLayout()
+        grid.addWidget(self.prev_btn, 0, 0)
+        grid.addWidget(self.next_btn, 0, 1)
+        grid.addWidget(self.accept_btn, 1, 0)
+        grid.addWidget(self.accept_all_btn, 1, 1)
+        grid.addWidget(self.retrain_btn, 2, 0, 1, 2)
+        for b in (self.prev_btn, self.next_btn, self.accept_btn, self.accept_all_btn,
+                  self.retrain_btn):
+            b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
+        lay.addWidget(self.progress_label)
+        lay.addWidget(self.progress_bar)
+        lay.addLayout(grid)
+        lay.addWidget(self.tree, 1)
+        doc.project_changed.connect(self.refresh)
+        doc.points_changed.connect(lambda _i: self.refresh())
+        doc.images_changed.connect(self.refresh)
+
+    def refresh(self) -> None:
+        if self.cursor in self.items:
+            self._last_pos = self.items.index(self.cursor)
+        queue = review_queue(self.doc.all_points(), self.doc.exemplar_id) \
+            if self.doc.project is not None else []
+        names = self.doc.names()
+        self.items = [(iid, p.index) for iid, pts in queue for p in pts]
+        self.tree.clear()
+        for iid, pts in queue:
+            top = QTreeWidgetItem([self.doc.record(iid).name, f"{_conf(pts[0]):.2f}"])
+            top.setData(0, Qt.ItemDataRole.UserRole, (iid, pts[0].index))
+            top.setForeground(1, QBrush(QColor(confidence_color(pts[0].confidence))))
+            for p in pts:
+                c = "?" if _conf(p) < 0 else f"{_conf(p):.2f}"
+                ch = QTreeWidgetItem([names[p.index], c])
+                ch.setData(0, Qt.ItemDataRole.UserRole, (iid, p.index))
+                ch.setForeground(1, QBrush(QColor(confidence_color(p.confidence))))
+                top.addChild(ch)
+            self.tree.addTopLevelItem(top)
+        s = self.doc.review_summary() if self.doc.project is not None else None
+        if s is None or s.points_total == 0:
+            self.progress_label.setText("Nothing to review yet: predictions appear here after "
+                                        "a training or the classical preview.")
+            self.progress_bar.setRange(0, 1)
+            self.progress_bar.setValue(0)
+        else:
+            self.progress_label.setText(
+                f"Reviewed: {s.images_reviewed} of {s.images_total} images, "
+                f"{s.points_reviewed} of {s.points_total} landmarks")
+            self.progress_bar.setRange(0, s.points_total)
+            self.progress_bar.setValue(s.points_reviewed)
+        has = bool(self.items)
+        for b in (self.prev_btn, self.next_btn, self.accept_btn, self.accept_all_btn):
+            b.setEnabled(has)
+
+    def _clicked(self, item: QTreeWidgetItem, _col: int) -> None:
+        data = item.data(0, Qt.ItemDataRole.UserRole)
+        if data:
+            self.go(tuple(data))
+
+    def go(self, item: Item) -> None:
+        self.cursor = (int(item[0]), int(item[1]))
+        if self.cursor in self.items:
+            self._last_pos = self.items.index(self.cursor)
+        self.goto.emit(*self.cursor)
+
+    def next(self) -> Item | None:
+        if not self.items:
+            return None
+        if self.cursor in self.items:
+            i = self.items.index(self.cursor) + 1
+        else:
+            i = self._last_pos  # the current one left the queue: its successor took its place
+        self.go(self.items[i % len(self.items)])
+        return self.cursor
+
+    def previous(self) -> Item | None:
+        if not self.items:
+            return None
+        i = (self.items.index(self.cursor) if self.cursor in self.items else self._last_pos) - 1
+        self.go(self.items[i % len(self.items)])
+        return self.cursor
+
+    def set_cursor(self, image_id: int, index: int) -> None:
+        """Follow the user's own selection so next/previous continue from where they look."""
+        self.cursor = (image_id, index)
+        if self.cursor in self.items:
+            self._last_pos = self.items.index(self.cursor)
