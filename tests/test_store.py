@@ -289,6 +289,60 @@ def test_moved_and_changed_images_are_noticed_on_open(tmp_path: Path) -> None:
         assert p.points(p.images()[0].id)[0].x == 1.0  # nothing lost with the file
 
 
+def test_touched_files_are_rehashed_once_and_then_cached(tmp_path: Path) -> None:
+    d = _folder(tmp_path, 2)
+    lmk = tmp_path / "p.lmk"
+    Project.create(lmk, _template(), d).close()
+    f = d / "img00.png"
+    f.write_bytes(f.read_bytes())  # same content, new mtime
+    with Project.open(lmk) as p:
+        assert not p.images()[0].changed
+    with sqlite3.connect(lmk) as c:
+        (mtime,) = c.execute("SELECT mtime_ns FROM images WHERE name = 'img00.png'").fetchone()
+    c.close()
+    assert mtime == f.stat().st_mtime_ns
+
+
+def test_relocate_finds_missing_images_by_name_and_content(tmp_path: Path) -> None:
+    d = _folder(tmp_path / "old", 3)
+    lmk = tmp_path / "proj" / "p.lmk"
+    with Project.create(lmk, _template(), d) as p:
+        p.set_point(1, 0, 4.0, 5.0)
+    new = tmp_path / "new place"
+    shutil.move(str(d), str(new))
+    _png(new / "img02.png", value=123)  # same name, other content: not the same image
+    with Project.open(lmk) as p:
+        assert all(r.missing for r in p.images())
+        assert p.relocate_images(new) == 2
+        state = {r.name: (r.missing, r.path) for r in p.images()}
+        assert state["img00.png"] == (False, (new / "img00.png").resolve())
+        assert state["img02.png"][0] is True
+        with pytest.raises(LmkError, match="folder not found"):
+            p.relocate_images(tmp_path / "nowhere")
+    with Project.open(lmk) as p:
+        assert not p.image(1).missing and p.points(1)[0].x == 4.0
+
+
+def test_remove_images_drops_their_points_and_history_only(proj) -> None:
+    a, b, c = (r.id for r in proj.images())
+    proj.set_point(a, 0, 1.0, 1.0, status=Status.EXEMPLAR)
+    proj.set_point(b, 0, 2.0, 2.0)
+    rid = proj.start_run("classical", {})
+    proj.record_predictions(rid, [(a, LandmarkPoint(1, 1.0, 1.0, Status.PREDICTED)),
+                                  (b, LandmarkPoint(1, 1.0, 1.0, Status.PREDICTED))])
+    with pytest.raises(ProjectError, match="no image with id 999"):
+        proj.remove_images([c, 999])
+    assert len(proj.images()) == 3
+    proj.remove_images([a, c])
+    assert [r.id for r in proj.images()] == [b]
+    assert proj.exemplar_id is None
+    assert list(proj.predictions(rid)) == [b]
+    assert proj.points(b)[0].x == 2.0
+    assert set(proj.all_points()) == {b}
+    with pytest.raises(ProjectError, match="no image with id"):
+        proj.points(a)
+
+
 # --------------------------------------------------------------------------- refused files
 
 

@@ -51,6 +51,8 @@ RUN_STATUSES = ("running", "finished", "cancelled", "failed")
 CALIBRATION_SOURCE = "calibration (user)"
 _META_PREFIX = "lmk:"  # reserved meta keys used by the store itself
 _READ_ONLY = "the project file or its folder is read-only"
+_STATUS = {s.value: s for s in Status}
+_SOURCE = {s.value: s for s in Source}
 
 # MIGRATIONS[v] upgrades a schema v-1 file to v. A new project runs all of them in order, so the
 # upgrade path is exercised by every create() as well as by old files.
@@ -324,7 +326,7 @@ class Project:
         self._lock = threading.RLock()
         self.last_faults: list[tuple[Path, str]] = []
         self.read_only = False  # True when opened from a read-only place: every edit refused
-        self._file_state: dict[int, tuple[Path, bool, bool]] = {}
+        self._file_state: dict[int, tuple[Path, bool, bool]] = {}  # id -> path, missing, changed
         self._template: Template | None = None
         self._template = self._load_template()
 
@@ -458,6 +460,11 @@ class Project:
             con.close()
             raise
         proj.read_only = read_only
+        try:
+            proj.refresh_files()  # moved / changed images are noticed now
+        except BaseException:
+            proj.close()
+            raise
         return proj
 
     @classmethod
@@ -615,27 +622,93 @@ class Project:
         except ValueError:
             return str(p)
 
-    def _check_file(self, row: sqlite3.Row | tuple) -> tuple[Path, bool, bool]:
+    def _check_file(self, row: tuple) -> tuple[Path, bool, bool, tuple[int, int] | None]:
+        """(where the file is, missing, changed, fresh (size, mtime) to cache when the file was
+        only touched: same content hash, new stat)."""
         iid, rel, abs_path, h, size, mtime_ns = row
         p = self._resolve_stored(rel, abs_path)
         st = _stat(p)
         if st is None:
-            return p, True, False
+            return p, True, False, None
         if size == st.st_size and mtime_ns == st.st_mtime_ns:
-            return p, False, False
+            return p, False, False, None
         from lmk_studio.core.images import quick_hash
 
         try:
-            return p, False, quick_hash(p) != h
+            changed = quick_hash(p) != h
         except (OSError, ImageLoadError):  # vanished or unreadable since the stat
-            return p, True, False
+            return p, True, False, None
+        return p, False, changed, None if changed else (st.st_size, st.st_mtime_ns)
 
     def refresh_files(self) -> None:
-        """Re-check every image file (moved / changed); done on open, call after relocating."""
+        """Re-check every image file (moved / changed): done on open.
+
+        Files only touched (same content) get their size/mtime cached so the next open does
+        not hash them again; that small write is skipped on a read-only project.
+        """
         with self._read() as con:
             rows = con.execute(
                 "SELECT id, path, abs_path, hash, size, mtime_ns FROM images").fetchall()
-        self._file_state = {r[0]: self._check_file(r) for r in rows}
+        checked = {r[0]: self._check_file(r) for r in rows}
+        self._file_state = {iid: c[:3] for iid, c in checked.items()}
+        fresh = [(c[3][0], c[3][1], iid) for iid, c in checked.items() if c[3] is not None]
+        if fresh and not self.read_only:
+            try:
+                with self._tx("the file check cache") as con:
+                    con.executemany("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?",
+                                    fresh)
+            except ProjectError:
+                pass  # only a cache: the next open hashes those files again
+
+    def relocate_images(self, folder: str | Path) -> int:
+        """Find missing images in ``folder`` by file name + content hash and store their new
+        place (one transaction). Returns how many were found."""
+        from lmk_studio.core.images import quick_hash
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise LmkError(f"{folder}: folder not found")
+        found = []
+        with self._read() as con:
+            known = {r[0] for r in con.execute("SELECT abs_path FROM images")}
+        for rec in self.images():
+            if not rec.missing:
+                continue
+            cand = folder / rec.name
+            try:
+                ap = cand.resolve()
+                if str(ap) in known or not ap.is_file() or quick_hash(ap) != rec.hash:
+                    continue
+                st = ap.stat()
+            except (OSError, ImageLoadError):
+                continue
+            known.add(str(ap))
+            found.append((self._store_path(ap), str(ap), st.st_size, st.st_mtime_ns, rec.id))
+        if found:
+            with self._tx(f"the new place of {len(found)} image(s)") as con:
+                con.executemany("UPDATE images SET path = ?, abs_path = ?, size = ?, "
+                                "mtime_ns = ? WHERE id = ?", found)
+            for *_, iid in found:
+                self._file_state.pop(iid, None)
+        return len(found)
+
+    def remove_images(self, image_ids: Iterable[int]) -> None:
+        """Remove images with their points and prediction history (one transaction); the image
+        files themselves are not touched."""
+        ids = sorted({int(i) for i in image_ids})
+        if not ids:
+            return
+        with self._tx(f"the removal of {len(ids)} image(s)") as con:
+            for iid in ids:
+                self._require_image(con, iid)
+            if self._meta_raw(con, _META_PREFIX + "exemplar_id") in ids:
+                con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                            (_META_PREFIX + "exemplar_id", _dumps(None)))
+            con.executemany("DELETE FROM predictions WHERE image_id = ?", [(i,) for i in ids])
+            con.executemany("DELETE FROM points WHERE image_id = ?", [(i,) for i in ids])
+            con.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in ids])
+        for iid in ids:
+            self._file_state.pop(iid, None)
 
     _IMG_COLS = ("id, path, abs_path, name, width, height, hash, size, mtime_ns, spacing_row, "
                  "spacing_col, spacing_source, calibration_row, calibration_col")
@@ -644,7 +717,7 @@ class Project:
         (iid, rel, abs_path, name, w, h, hsh, size, mtime_ns, sr, sc, ssrc, cr, cc) = r
         state = self._file_state.get(iid)
         if state is None:
-            state = self._check_file((iid, rel, abs_path, hsh, size, mtime_ns))
+            state = self._check_file((iid, rel, abs_path, hsh, size, mtime_ns))[:3]
             self._file_state[iid] = state
         path, missing, changed = state
         if sr is not None and sc is not None:
@@ -753,7 +826,8 @@ class Project:
     @staticmethod
     def _point(row: tuple) -> LandmarkPoint:
         idx, x, y, status, source, conf, err, run_id = row
-        return LandmarkPoint(int(idx), x, y, Status(status), Source(source) if source else None,
+        return LandmarkPoint(idx, x, y, _STATUS.get(status) or Status(status),
+                             (_SOURCE.get(source) or Source(source)) if source else None,
                              conf, err, run_id)
 
     _PT_COLS = "idx, x, y, status, source, confidence, expected_error_px, run_id"
