@@ -143,6 +143,21 @@ def ecc_affine(ex_u8: np.ndarray, tg_u8: np.ndarray, levels: Sequence[int]) -> t
     return m, cc
 
 
+def ecc_global(ex_img: np.ndarray, img: np.ndarray,
+               params: ClassicalParams = DEFAULT) -> tuple[np.ndarray, float]:
+    """The preview's global step alone: 3x3 affine mapping exemplar full-resolution coordinates
+    to target full-resolution coordinates (ECC on CLAHE copies), and the ECC correlation."""
+    ex, tg = _check(ex_img, "exemplar image"), _check(img, "target image")
+    exw, fe = _resize(ex, params.work_px)
+    tgw, ft = _resize(tg, params.work_px)
+    exu, tgu = _to_u8(exw, params.clahe), _to_u8(tgw, params.clahe)
+    m, cc = ecc_affine(exu, tgu, [lv for lv in params.ecc_px if lv <= max(exu.shape)] or
+                       [max(exu.shape)])
+    se = np.array([[fe, 0, 0.5 * fe - 0.5], [0, fe, 0.5 * fe - 0.5], [0, 0, 1]])
+    st = np.array([[ft, 0, 0.5 * ft - 0.5], [0, ft, 0.5 * ft - 0.5], [0, 0, 1]])
+    return np.linalg.inv(st) @ m @ se, cc
+
+
 # ---- the preview -------------------------------------------------------------------------------
 def _dis(p: ClassicalParams) -> cv2.DISOpticalFlow:
     d = cv2.DISOpticalFlow_create(p.dis_preset)
