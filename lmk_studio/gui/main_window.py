@@ -176,8 +176,11 @@ class MainWindow(QMainWindow):
         self.a_undo = self.undo_stack.createUndoAction(self, "&Undo")
         self.a_undo.setShortcuts(QKeySequence.StandardKey.Undo)
         self.a_redo = self.undo_stack.createRedoAction(self, "&Redo")
-        self.a_redo.setShortcuts([QKeySequence(QKeySequence.StandardKey.Redo),
-                                  QKeySequence("Ctrl+Y")])
+        redo = list(QKeySequence.keyBindings(QKeySequence.StandardKey.Redo))
+        for extra in ("Ctrl+Shift+Z", "Ctrl+Y"):  # both, whatever the platform's habit
+            if QKeySequence(extra) not in redo:
+                redo.append(QKeySequence(extra))
+        self.a_redo.setShortcuts(redo)
         self.a_undo.setProperty("helpText", "Undo")  # its text follows the last command
         self.a_redo.setProperty("helpText", "Redo")
         for a in (self.a_undo, self.a_redo):
@@ -777,6 +780,7 @@ class MainWindow(QMainWindow):
     def _training_finished(self, run_ids: list) -> None:
         self._pred_cache.clear()
         self.doc.invalidate(None)
+        self.review.reset_order()
         n_pending = len(self.review.items)
         self.statusBar().showMessage(
             f"Job finished (runs {', '.join(map(str, run_ids))}): {n_pending} predicted "

@@ -58,6 +58,7 @@ class ReviewPanel(QWidget):
         super().__init__(parent)
         self.doc = doc
         self.items: list[Item] = []
+        self._rank: dict[Item, int] = {}
         self.cursor: Item | None = None
         self._last_pos = 0
         self.progress_label = QLabel()
@@ -96,9 +97,17 @@ class ReviewPanel(QWidget):
         lay.addWidget(self.progress_bar)
         lay.addLayout(grid)
         lay.addWidget(self.tree, 1)
-        doc.project_changed.connect(self.refresh)
+        doc.project_changed.connect(self.reset_order)
         doc.points_changed.connect(lambda _i: self.refresh())
         doc.images_changed.connect(self.refresh)
+
+    def reset_order(self) -> None:
+        """Order afresh by confidence (new project or new predictions). Between resets the
+        order stays put, so accepting a point never reshuffles what comes next."""
+        self._rank = {}
+        self.cursor = None
+        self._last_pos = 0
+        self.refresh()
 
     def refresh(self) -> None:
         if self.cursor in self.items:
@@ -106,9 +115,20 @@ class ReviewPanel(QWidget):
         queue = review_queue(self.doc.all_points(), self.doc.exemplar_id) \
             if self.doc.project is not None else []
         names = self.doc.names()
-        self.items = [(iid, p.index) for iid, pts in queue for p in pts]
+        by_item = {(iid, p.index): p for iid, pts in queue for p in pts}
+        flat = [(iid, p.index) for iid, pts in queue for p in pts]
+        if any(it not in self._rank for it in flat):
+            self._rank = {it: r for r, it in enumerate(flat)}
+        else:
+            flat.sort(key=self._rank.__getitem__)
+        self.items = flat
+        grouped: list[tuple[int, list[LandmarkPoint]]] = []
+        for iid, k in flat:
+            if not grouped or grouped[-1][0] != iid:
+                grouped.append((iid, []))
+            grouped[-1][1].append(by_item[(iid, k)])
         self.tree.clear()
-        for iid, pts in queue:
+        for iid, pts in grouped:
             top = QTreeWidgetItem([self.doc.record(iid).name, f"{_conf(pts[0]):.2f}"])
             top.setData(0, Qt.ItemDataRole.UserRole, (iid, pts[0].index))
             top.setForeground(1, QBrush(QColor(confidence_color(pts[0].confidence))))
