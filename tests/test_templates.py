@@ -116,3 +116,23 @@ def test_save_refuses_invalid_and_keeps_existing_file(tmp_path: Path) -> None:
     assert p.read_bytes() == before
     with pytest.raises(LmkError, match="cannot write template"):
         save_template(good, tmp_path / "missing-dir" / "t.json")
+
+
+def test_full_disk_keeps_the_old_file_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    p = tmp_path / "t.json"
+    save_template(Template("old", [LandmarkDef("a")]), p)
+    before = p.read_bytes()
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(LmkError, match=r"t\.json: cannot write template \(No space left"):
+        save_template(Template("new", [LandmarkDef("b")]), p)
+    assert p.read_bytes() == before
+    assert [q.name for q in tmp_path.iterdir()] == ["t.json"]
