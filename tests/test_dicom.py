@@ -288,3 +288,26 @@ def test_truncated_compressed_dicom_fails_with_a_clear_message(tmp_path: Path) -
     q.write_bytes(q.read_bytes()[:-400])  # encapsulated data has no length to check up front
     with pytest.raises(ImageLoadError, match=r"rlecut\.dcm: truncated or damaged DICOM"):
         load_image(q)
+
+
+def test_jpeg_baseline_encapsulated(tmp_path: Path) -> None:
+    """A cv2-encoded JPEG wrapped as DICOM JPEG Baseline: decoded by pylibjpeg / Pillow."""
+    import cv2
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    arr = (_ramp(64, 64, top=255)).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", arr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    p = make_dicom(tmp_path / "plain.dcm", arr)
+    ds = pydicom.dcmread(p)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([buf.tobytes()])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.LossyImageCompression = "01"
+    q = tmp_path / "jpeg.dcm"
+    ds.save_as(q, enforce_file_format=True)
+    x = load_image(q)
+    assert x.pixels.shape == (64, 64)
+    assert np.abs(x.pixels - arr).max() <= 4  # lossy
