@@ -20,7 +20,6 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"lmk_studio {__version__}")
     p.add_argument("--demo", action="store_true", help="open the app on the built-in demo project")
-    p.add_argument("project_to_open", nargs="?", help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command")
 
     s = sub.add_parser("new", help="create a project from a folder of images")
@@ -35,9 +34,10 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--isbi", help="folder (or file) of ISBI 2015 .txt files (x,y per line)")
     g.add_argument("--csv", help="a CSV exported by lmk-studio")
     s.add_argument(
-        "--as", dest="as_status", default="accepted",
+        "--as", dest="as_status", default=None,
         choices=["exemplar", "accepted", "corrected", "predicted"],
-        help="status to give imported points (default: accepted)",
+        help="status to give imported points (default: accepted for labelme/ISBI, the file's "
+             "own status for a project CSV/JSON)",
     )
 
     s = sub.add_parser("export", help="export landmarks to CSV / JSON / COCO")
@@ -54,6 +54,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="labelme folder(s) (several are averaged), ISBI folder or CSV")
     s.add_argument("--json", help="write the metrics here")
     s.add_argument("--thresholds", default="2,2.5,3,4", help="SDR thresholds (mm, or px if no spacing)")
+    s.add_argument("--spacing", type=float, default=None,
+                   help="mm per pixel to use where the project has no spacing")
     s.add_argument("--exclude-exemplar", action="store_true", default=True)
 
     s = sub.add_parser("info", help="summarise a project")
@@ -79,14 +81,34 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _split_project_to_open(argv: list[str]) -> tuple[list[str], str | None]:
+    """`lmk-studio PROJECT` opens a project in the app; anything else is a subcommand.
+
+    An optional positional beside subparsers would swallow the command name, so the project
+    path is taken off argv here: the first non-option word that is not a known command.
+    """
+    for k, word in enumerate(argv):
+        if word.startswith("-"):
+            continue
+        if word in _COMMANDS:
+            return argv, None
+        return argv[:k] + argv[k + 1:], word
+    return argv, None
+
+
+_COMMANDS = ("new", "import", "export", "evaluate", "info", "demo", "train", "predict")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    raw = list(argv) if argv is not None else sys.argv[1:]
+    raw, project_to_open = _split_project_to_open(raw)
+    args = parser.parse_args(raw)
     try:
         if args.command is None:
             from lmk_studio.gui.app import run_app
 
-            return run_app(project=args.project_to_open, demo=args.demo)
+            return run_app(project=project_to_open, demo=args.demo)
         from lmk_studio import commands
 
         handler = getattr(commands, f"cmd_{args.command}")

@@ -72,8 +72,8 @@ def _combine(sources: list[dict[str, np.ndarray]], n: int) -> dict[str, np.ndarr
     return out
 
 
-def evaluate_project(project: Any, truth_paths: list[str | Path],
-                     thresholds: list[float]) -> tuple[Any, dict[str, Any]]:
+def evaluate_project(project: Any, truth_paths: list[str | Path], thresholds: list[float],
+                     default_spacing: float | None = None) -> tuple[Any, dict[str, Any]]:
     """(MetricReport, context dict for the JSON) — shared by the CLI and tests."""
     from lmk_studio.core.formats import ImageIndex
     from lmk_studio.core.metrics import evaluate_points
@@ -112,7 +112,8 @@ def evaluate_project(project: Any, truth_paths: list[str | Path],
                 pred[i, p.index] = (p.x, p.y)
                 if np.isfinite(gt[i, p.index]).all():
                     status_counts[p.status.value] += 1
-    spacing = np.array([r.spacing if r.spacing else (np.nan, np.nan) for r in recs], dtype=float)
+    fallback = (default_spacing, default_spacing) if default_spacing else (np.nan, np.nan)
+    spacing = np.array([r.spacing if r.spacing else fallback for r in recs], dtype=float)
     sp = None if not np.isfinite(spacing).any() else spacing
     report = evaluate_points(pred, gt, sp, thresholds, names=template.names,
                              image_names=[r.name for r in recs])
@@ -138,7 +139,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     thresholds = parse_thresholds(args.thresholds)
     with Project.open(Path(args.project)) as proj:
-        report, ctx = evaluate_project(proj, list(args.truth), thresholds)
+        report, ctx = evaluate_project(proj, list(args.truth), thresholds,
+                                       getattr(args, "spacing", None))
     print(f"project: {ctx['project']}")
     print(f"exemplar (excluded): {ctx['exemplar'] or 'none set'}")
     print(f"truth: {', '.join(ctx['truth'])} ({'/'.join(ctx['truth_kinds'])}"
