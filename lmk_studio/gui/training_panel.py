@@ -103,7 +103,7 @@ class LossPlot(pg.PlotWidget):
         self._dirty = False
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
-        self._timer.setInterval(150)
+        self._timer.setInterval(250)
         self._timer.timeout.connect(self._redraw)
 
     def reset(self, stage: str | None = None) -> None:
@@ -161,6 +161,12 @@ class TrainingPanel(QWidget):
         self.project: Path | None = None
         self.bridge = JobBridge(self)
         self.current_job: str | None = None
+        self._latest_step: ProgressEvent | None = None
+        self._latest_stage: ProgressEvent | None = None
+        self._label_timer = QTimer(self)
+        self._label_timer.setSingleShot(True)
+        self._label_timer.setInterval(100)
+        self._label_timer.timeout.connect(self._refresh_labels)
         self._build()
         self.bridge.started.connect(self._on_started)
         self.bridge.progress.connect(self._on_progress)
@@ -347,20 +353,36 @@ class TrainingPanel(QWidget):
         self.started.emit(job)
 
     def _on_progress(self, ev: ProgressEvent) -> None:
+        # labels and bar are refreshed at most every 100 ms from the newest event: relayouting
+        # the dock for every event costs the event loop more than the training's chattiness is
+        # worth; the loss curves keep every point
         if ev.stage == JOB_STAGE:
-            self.step_label.setText(ev.message.capitalize() if ev.message else "")
+            self._latest_step = ev
         else:
+            self._latest_stage = ev
+            self.plot.add(ev)
+        if not self._label_timer.isActive():
+            self._label_timer.start()
+        self.progress.emit(ev)
+
+    def _refresh_labels(self) -> None:
+        step, ev = self._latest_step, self._latest_stage
+        self._latest_step = self._latest_stage = None
+        if step is not None:
+            self.step_label.setText(step.message.capitalize() if step.message else "")
+        if ev is not None:
             text = stage_words(ev.stage)
             if ev.epochs > 1:
                 text += f" — epoch {min(ev.epoch + 1, ev.epochs)}/{ev.epochs}"
             elif ev.steps > 1:
                 text += f" — {ev.step}/{ev.steps}"
-            self.stage_label.setText(text)
+            if text != self.stage_label.text():
+                self.stage_label.setText(text)
             self.stage_label.setToolTip(ev.message)
             self.bar.setValue(int(round(1000 * ev.fraction)))
-            self.eta_label.setText(format_eta(ev.eta_s))
-            self.plot.add(ev)
-        self.progress.emit(ev)
+            eta = format_eta(ev.eta_s)
+            if eta != self.eta_label.text():
+                self.eta_label.setText(eta)
 
     def _on_log(self, level: int, text: str) -> None:
         prefix = "" if level < logging.WARNING else f"{logging.getLevelName(level)}: "
@@ -369,6 +391,8 @@ class TrainingPanel(QWidget):
         self.log_line.emit(line)
 
     def _ended(self, words: str) -> None:
+        self._label_timer.stop()
+        self._refresh_labels()
         self.step_label.setText(words)
         self.eta_label.setText("")
         self._update_buttons()
