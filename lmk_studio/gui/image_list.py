@@ -60,21 +60,25 @@ class ImageModel(QAbstractListModel):
         self._placeholder = QPixmap(thumb_size, thumb_size)
         self._placeholder.fill(QColor("#303030"))
 
-    def reset(self) -> None:
+    def reset(self, new_project: bool = True) -> None:
+        """New project: forget everything; same project (files re-checked): keep the known
+        problems and thumbnails of images still there."""
         self.beginResetModel()
         self.ids = [r.id for r in self.doc.records()]
-        self.thumbs.clear()
-        self.problems.clear()
-        self.loader.clear()
+        if new_project:
+            self.thumbs.clear()
+            self.problems.clear()
+            self.loader.clear()
         self.endResetModel()
 
     def rowCount(self, parent: QModelIndex | QPersistentModelIndex | None = None) -> int:
         return 0 if parent is not None and parent.isValid() else len(self.ids)
 
     def status(self, image_id: int) -> str:
-        if image_id in self.problems:
+        st = self.doc.image_status(image_id)
+        if st != "missing" and image_id in self.problems:
             return "unreadable"
-        return self.doc.image_status(image_id)
+        return st
 
     def data(self, index: QModelIndex | QPersistentModelIndex, role: int = 0) -> Any:
         if not index.isValid():
@@ -183,8 +187,8 @@ class ImageList(QWidget):
         self.search.textChanged.connect(self._apply_filter)
         self.view.selectionModel().currentChanged.connect(self._current_changed)
         self._syncing = False
-        doc.project_changed.connect(self.model.reset)
-        doc.images_changed.connect(self.model.reset)
+        doc.project_changed.connect(lambda: self.model.reset(True))
+        doc.images_changed.connect(lambda: self.model.reset(False))
         doc.points_changed.connect(self._points_changed)
         doc.image_changed.connect(self.select_image)
 

@@ -488,6 +488,9 @@ class MainWindow(QMainWindow):
         self.canvas.set_points([])
         self.image_list.model.mark_unreadable(image_id, message)
         self.last_error = message
+        if not self.doc.record(image_id).path.exists():
+            # gone since the project was opened: let the store and the list say "missing"
+            QTimer.singleShot(0, self.doc.refresh_files)
         self.statusBar().showMessage(f"Could not show this image: {message}", 20000)
         log.warning("could not show image %s: %s", image_id, message)
 

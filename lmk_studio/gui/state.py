@@ -93,6 +93,12 @@ class Document(QObject):
     def record(self, image_id: int) -> Any:
         return self._records[image_id]
 
+    def refresh_files(self) -> None:
+        """Re-check the image files on disk (moved, deleted, changed), then reload."""
+        if self.project is not None and hasattr(self.project, "refresh_files"):
+            self.project.refresh_files()
+        self.reload_images()
+
     def reload_images(self) -> None:
         self._records = {r.id: r for r in self.project.images()} if self.project else {}
         self._points.clear()
