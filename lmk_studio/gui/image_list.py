@@ -142,8 +142,16 @@ class _Filter(QSortFilterProxyModel):
         self.text = ""
 
     def set(self, statuses: tuple[str, ...] | None, text: str) -> None:
-        self.statuses, self.text = statuses, text.lower()
-        self.invalidateFilter()
+        if hasattr(self, "beginFilterChange"):  # Qt >= 6.9; invalidateFilter is deprecated
+            self.beginFilterChange()
+            self.statuses, self.text = statuses, text.lower()
+            self.endFilterChange()
+        else:
+            self.statuses, self.text = statuses, text.lower()
+            self.invalidateFilter()
+
+    def refilter(self) -> None:
+        self.set(self.statuses, self.text)
 
     def filterAcceptsRow(self, row: int, parent: QModelIndex | QPersistentModelIndex) -> bool:
         m = self.sourceModel()
@@ -198,7 +206,7 @@ class ImageList(QWidget):
     def _points_changed(self, image_id: int) -> None:
         self.model.refresh_ids(None if image_id == -1 else [image_id])
         if self.proxy.statuses is not None:
-            self.proxy.invalidateFilter()
+            self.proxy.refilter()
 
     def _current_changed(self, cur: QModelIndex, _prev: QModelIndex) -> None:
         if self._syncing or not cur.isValid():
