@@ -136,6 +136,10 @@ def test_points_are_len_template_and_edits_persist(tmp_path: Path, proj) -> None
     proj.mark_absent(c, 2)
     proj.set_point(c, 0, 3.0, 3.0)
     proj.clear_point(c, 0)
+    proj.set_points([(c, LandmarkPoint(3, 1.0, 1.0, Status.CORRECTED)),  # rows apply in order
+                     (c, LandmarkPoint(3, None, None)),
+                     (c, LandmarkPoint(1, 1.0, 1.0, Status.CORRECTED)),
+                     (c, LandmarkPoint(1, 2.0, 2.0, Status.ACCEPTED))])
     accepted = proj.set_status(b, 0, Status.ACCEPTED)
     assert (accepted.x, accepted.y, accepted.source, accepted.run_id) == (1.0, 2.0,
                                                                            Source.STAGE2, 7)
@@ -148,11 +152,13 @@ def test_points_are_len_template_and_edits_persist(tmp_path: Path, proj) -> None
         assert p.points(b)[3].expected_error_px == 9.0
         assert p.points(c)[2].status is Status.ABSENT and not p.points(c)[2].placed
         assert p.points(c)[0] == LandmarkPoint(0, None, None)
+        assert p.points(c)[3] == LandmarkPoint(3, None, None)
+        assert (p.points(c)[1].x, p.points(c)[1].status) == (2.0, Status.ACCEPTED)
         allp = p.all_points()
         assert set(allp) == {a, b, c} and all(len(v) == 4 for v in allp.values())
         assert allp[b] == p.points(b)
         counts = p.status_counts()
-        assert counts[Status.ACCEPTED] == 1 and counts[Status.PREDICTED] == 1
+        assert counts[Status.ACCEPTED] == 2 and counts[Status.PREDICTED] == 1
         assert counts[Status.CORRECTED] == 1 and counts[Status.ABSENT] == 1
         assert sum(counts.values()) == 12
 
@@ -343,6 +349,36 @@ def test_remove_images_drops_their_points_and_history_only(proj) -> None:
         proj.points(a)
 
 
+def test_accept_file_change_stores_the_new_version(tmp_path: Path) -> None:
+    d = _folder(tmp_path, 1)
+    with Project.create(tmp_path / "p.lmk", _template(), d) as p:
+        p.set_point(1, 0, 3.0, 3.0)
+        _png(d / "img00.png", h=40, w=50, value=99)
+        p.refresh_files()
+        assert p.image(1).changed
+        rec = p.accept_file_change(1)
+        assert not rec.changed and (rec.width, rec.height) == (50, 40)
+        assert p.points(1)[0].x == 3.0
+    with Project.open(tmp_path / "p.lmk") as p:
+        assert not p.image(1).changed
+        (d / "img00.png").unlink()
+        p.refresh_files()
+        with pytest.raises(ProjectError, match="missing"):
+            p.accept_file_change(1)
+
+
+def test_a_failed_create_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(con, v):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "_migrate", full)
+    lmk = tmp_path / "p.lmk"
+    with pytest.raises(ProjectError, match="disk is full") as ei:
+        Project.create(lmk, _template(), _folder(tmp_path, 1))
+    assert str(lmk) in str(ei.value)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["images"]
+
+
 # --------------------------------------------------------------------------- refused files
 
 
@@ -488,10 +524,17 @@ class _ReadOnlyConnection:
     def __init__(self, con: sqlite3.Connection) -> None:
         self._con = con
 
-    def execute(self, sql: str, *args):
+    def _check(self, sql: str) -> None:
         if sql.split()[0].upper() in ("INSERT", "UPDATE", "DELETE"):
             raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    def execute(self, sql: str, *args):
+        self._check(sql)
         return self._con.execute(sql, *args)
+
+    def executemany(self, sql: str, *args):
+        self._check(sql)
+        return self._con.executemany(sql, *args)
 
     def __getattr__(self, name: str):
         return getattr(self._con, name)

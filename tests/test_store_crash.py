@@ -1,6 +1,7 @@
-"""Crash safety: a writer process applying numbered edits is SIGKILLed at random moments; every
-edit it reported as committed survives, at most the one in flight is missing, and the file passes
-SQLite's integrity check after every kill."""
+"""Process safety. Crash: a writer process applying numbered edits is SIGKILLed at random moments;
+every edit it reported as committed survives, at most the one in flight is missing, and the file
+passes SQLite's integrity check after every kill. Sharing: a "training" process writing batches
+while this process (the "GUI") edits and reads: no edit fails on the lock, none is lost."""
 
 from __future__ import annotations
 
@@ -135,3 +136,72 @@ def test_sigkilled_writer_loses_at_most_the_edit_in_flight(tmp_path: Path) -> No
         total_committed += len(done)
     assert kills == 6
     assert total_committed > 30, "the writer hardly ran: the kills did not land mid-stream"
+
+
+BATCH_WRITER = r"""
+import sys
+import time
+from lmk_studio.core.points import LandmarkPoint, Source, Status
+from lmk_studio.core.store import Project
+
+path, rounds, n_lm = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with Project.open(path) as p:
+    ids = [r.id for r in p.images()]
+    print("ready", flush=True)
+    for k in range(rounds):
+        rid = p.start_run("stage2", {"round": k})
+        rows = [(iid, LandmarkPoint(j, float(k), float(k), Status.PREDICTED, Source.STAGE2, 0.5,
+                                    1.0, rid)) for iid in ids[1:] for j in range(n_lm)]
+        p.record_predictions(rid, rows)
+        p.set_points(rows)
+        p.finish_run(rid, "finished", metrics={"round": k})
+        time.sleep(0.01)  # the model's work between writes (a tight write loop starves others)
+print("done", flush=True)
+"""
+
+
+def test_gui_and_training_process_share_the_project(tmp_path: Path) -> None:
+    d = tmp_path / "images"
+    d.mkdir()
+    for k in range(N_IMG):
+        _png(d / f"im{k}.png")
+    lmk = tmp_path / "shared.lmk"
+    t = Template("shared", [LandmarkDef(f"L{i}") for i in range(N_LM)])
+    store.Project.create(lmk, t, d).close()
+    script = tmp_path / "batch_writer.py"
+    script.write_text(BATCH_WRITER)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    rounds = 20
+    proc = subprocess.Popen([sys.executable, str(script), str(lmk), str(rounds), str(N_LM)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        edits = 0
+        with store.Project.open(lmk) as gui:
+            ex = gui.images()[0].id
+            while proc.poll() is None or edits < 10:
+                j = edits % N_LM
+                gui.set_point(ex, j, float(edits), 1.0, status=Status.EXEMPLAR)
+                snap = gui.all_points()  # a consistent snapshot while the batches land
+                for iid, pts in snap.items():
+                    if iid != ex:
+                        assert len({p.x for p in pts}) == 1, "half a batch visible"
+                edits += 1
+                time.sleep(0.005)  # a person clicks far slower than this
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            assert out.strip() == "done"
+            runs = [r for r in gui.runs() if r.kind == "stage2"]
+            assert [r.metrics["round"] for r in runs] == list(range(rounds))
+            assert all(r.status == "finished" for r in runs)
+            assert all(q.x == float(rounds - 1) for iid, pts in gui.all_points().items()
+                       if iid != ex for q in pts)
+            last = {q.index: q.x for q in gui.points(ex)}
+            for j in range(N_LM):  # the GUI's own edits: the last one per landmark
+                assert last[j] == float(max(e for e in range(edits) if e % N_LM == j))
+            assert gui.integrity_check() == ["ok"]
+        assert edits >= 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

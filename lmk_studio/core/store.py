@@ -5,7 +5,8 @@ Why this shape:
   any error), so killing the process at any instant loses at most the edit in flight.
 - ``synchronous=FULL``: in WAL mode NORMAL is already safe against a killed *process*, but a
   power cut or OS crash may then roll back the last few commits. A clinician's click is worth an
-  fsync of the WAL per commit (about a millisecond on an SSD; batch writes are one commit).
+  fsync of the WAL per commit; batch writes (engine results, imports) are one commit. Measured on
+  the contended 2-core dev VM: set_point median 5.9 ms (p95 12 ms) with FULL, 0.03 ms with NORMAL.
 - A file we cannot vouch for (missing, not SQLite, corrupt, another program's database, a newer
   schema) is inspected through a *read-only* connection first and refused with a ProjectError
   naming the file and the problem; it is never written to. Older schemas are upgraded after a
@@ -692,6 +693,33 @@ class Project:
                 self._file_state.pop(iid, None)
         return len(found)
 
+    def accept_file_change(self, image_id: int) -> ImageRecord:
+        """The user confirms a changed image file is the right one: store its new size and
+        hash (points are kept; the caller warns if the size in pixels changed)."""
+        from lmk_studio.core.images import quick_hash, read_metadata
+
+        rec = self.image(image_id)
+        if rec.missing:
+            raise ProjectError(f"{self.path}: image {rec.name} is missing ({rec.path})")
+        try:
+            meta = read_metadata(rec.path)
+            st = rec.path.stat()
+            h = quick_hash(rec.path)
+        except ImageLoadError as e:
+            raise ProjectError(f"{self.path}: {e}") from None
+        except OSError as e:
+            raise ProjectError(f"{self.path}: {rec.path}: {e.strerror or e}") from None
+        sp = meta.spacing
+        with self._tx(f"the new version of {rec.name}") as con:
+            con.execute("UPDATE images SET width = ?, height = ?, hash = ?, size = ?, "
+                        "mtime_ns = ?, spacing_row = ?, spacing_col = ?, spacing_source = ? "
+                        "WHERE id = ?",
+                        (int(meta.width), int(meta.height), h, st.st_size, st.st_mtime_ns,
+                         float(sp[0]) if sp else None, float(sp[1]) if sp else None,
+                         meta.spacing_source if sp else None, rec.id))
+        self._file_state.pop(rec.id, None)
+        return self.image(rec.id)
+
     def remove_images(self, image_ids: Iterable[int]) -> None:
         """Remove images with their points and prediction history (one transaction); the image
         files themselves are not touched."""
@@ -897,17 +925,25 @@ class Project:
             rows = [(iid, replace(p, status=Status.EXEMPLAR)
                      if iid == ex and p.status in (Status.ACCEPTED, Status.CORRECTED) else p)
                     for iid, p in rows]
-        for iid, p in rows:
-            if p.status is Status.UNLABELLED:
-                con.execute("DELETE FROM points WHERE image_id = ? AND idx = ?", (iid, p.index))
+        # rows apply in order (a later row for the same slot wins): runs of one kind at a time
+        i = 0
+        while i < len(rows):
+            clear = rows[i][1].status is Status.UNLABELLED
+            k = i
+            while k < len(rows) and (rows[k][1].status is Status.UNLABELLED) == clear:
+                k += 1
+            if clear:
+                con.executemany("DELETE FROM points WHERE image_id = ? AND idx = ?",
+                                [(iid, p.index) for iid, p in rows[i:k]])
             else:
-                con.execute(
+                con.executemany(
                     "INSERT OR REPLACE INTO points (image_id, idx, x, y, status, source, "
                     "confidence, expected_error_px, run_id, updated) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (iid, p.index, p.x, p.y, p.status.value,
-                     p.source.value if p.source else None, p.confidence, p.expected_error_px,
-                     p.run_id, now))
+                    [(iid, p.index, p.x, p.y, p.status.value,
+                      p.source.value if p.source else None, p.confidence, p.expected_error_px,
+                      p.run_id, now) for iid, p in rows[i:k]])
+            i = k
 
     def set_point(self, image_id: int, index: int, x: float | None, y: float | None,
                   status: Status = Status.CORRECTED, source: Source | None = Source.MANUAL,
