@@ -87,11 +87,27 @@ def test_create_then_open_round_trip_with_relative_paths_and_unicode(tmp_path: P
         assert (mode, sync) == ("wal", 2)  # 2 = FULL
 
 
-def test_images_outside_the_project_folder_are_stored_absolute(tmp_path: Path) -> None:
-    d = _folder(tmp_path / "elsewhere", 1)
-    with Project.create(tmp_path / "projects" / "p.lmk", _template(), d) as p:
+def test_images_beside_the_project_folder_survive_moving_the_tree_or_the_file(
+        tmp_path: Path) -> None:
+    tree = tmp_path / "study"
+    d = _folder(tree / "xrays", 1)
+    lmk = tree / "projects" / "p.lmk"
+    with Project.create(lmk, _template(), d) as p:
         assert p.images()[0].path == (d / "img00.png").resolve()
-    assert _stored_paths(tmp_path / "projects" / "p.lmk") == [str((d / "img00.png").resolve())]
+    assert _stored_paths(lmk) == ["../xrays/images/img00.png"]
+    moved = tmp_path / "archive" / "study 2021"
+    moved.parent.mkdir()
+    shutil.move(str(tree), str(moved))  # the whole tree moves: the relative path finds it
+    with Project.open(moved / "projects" / "p.lmk") as p:
+        rec = p.images()[0]
+        assert rec.path == (moved / "xrays" / "images" / "img00.png").resolve()
+        assert not rec.missing
+    alone = tmp_path / "p-copy.lmk"  # the file alone moves: the absolute path still works
+    shutil.copy(moved / "projects" / "p.lmk", alone)
+    shutil.move(str(moved), str(tree))
+    with Project.open(alone) as p:
+        rec = p.images()[0]
+        assert rec.path == (d / "img00.png").resolve() and not rec.missing
 
 
 def test_create_refuses_an_existing_file_and_leaves_it_byte_identical(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ Why this shape:
 - The GUI and a training process may have the same project open: WAL lets readers run while one
   writer commits, ``busy_timeout`` waits for the other writer, transactions stay short (image
   metadata is read before the transaction opens).
-- Image paths are stored relative to the project's folder (POSIX separators) *and* absolute; the
-  relative one wins when it resolves, so a project folder moved together with its images keeps
-  working. Size + mtime + ``core.images.quick_hash`` notice moved or changed files on open.
+- Image paths are stored relative to the project's folder (POSIX separators, ``..`` allowed)
+  *and* absolute; the relative one wins when it resolves, so a folder tree moved together with
+  its images keeps working, and a project file moved alone still finds them by the absolute one. Size + mtime + ``core.images.quick_hash`` notice moved or changed files on open.
 
 Coordinates are float pixels with the origin at the *centre* of the top-left pixel (pixel (i, j)
 covers x in [j - 0.5, j + 0.5]), as in ``core.points``.
@@ -328,6 +328,7 @@ class Project:
         self.last_faults: list[tuple[Path, str]] = []
         self.read_only = False  # True when opened from a read-only place: every edit refused
         self._file_state: dict[int, tuple[Path, bool, bool]] = {}  # id -> path, missing, changed
+        self._base = path.resolve().parent  # image paths are stored relative to this
         self._template: Template | None = None
         self._template = self._load_template()
 
@@ -608,18 +609,18 @@ class Project:
 
     def _resolve_stored(self, rel: str, abs_path: str) -> Path:
         """Where the image is now: relative to the project folder first, else absolute."""
-        base = self.path.resolve().parent
         if rel and not os.path.isabs(rel):
-            cand = base / Path(rel)
+            cand = Path(os.path.normpath(self._base / Path(rel)))
             if cand.exists() or not Path(abs_path).exists():
-                return Path(os.path.normpath(cand))
+                return cand
         return Path(abs_path)
 
     def _store_path(self, p: Path) -> str:
-        """Relative to the project folder (POSIX) when the image lies inside it, else absolute."""
-        base = self.path.resolve().parent
+        """Relative to the project folder (POSIX separators, ``..`` allowed) so a folder tree
+        moved as a whole keeps working; absolute only where no relative path exists (another
+        Windows drive). The absolute path is stored as well, for a project file moved alone."""
         try:
-            return p.relative_to(base).as_posix()
+            return Path(os.path.relpath(p, self._base)).as_posix()
         except ValueError:
             return str(p)
 
