@@ -602,6 +602,25 @@ def test_project_in_a_read_only_folder_opens_for_reading_and_refuses_edits(
         os.chmod(lmk, 0o644)
 
 
+def test_save_copy_is_a_complete_project_and_never_overwrites(proj, tmp_path: Path) -> None:
+    a = proj.images()[0].id
+    proj.set_point(a, 0, 1.5, 2.5, status=Status.EXEMPLAR)
+    rid = proj.start_run("stage1", {"k": 1})
+    copy = proj.save_copy(tmp_path / "copies" / "backup")
+    assert copy == tmp_path / "copies" / "backup.lmk"
+    proj.set_point(a, 0, 9.0, 9.0)  # later edits stay in the original only
+    with Project.open(copy) as c:
+        assert c.points(a)[0].x == 1.5 and c.exemplar_id == a
+        assert c.run(rid).config == {"k": 1}
+        assert [r.path for r in c.images()] == [r.path for r in proj.images()]
+        assert not any(r.missing for r in c.images())
+    before = copy.read_bytes()
+    with pytest.raises(ProjectError, match="already exists"):
+        proj.save_copy(copy)
+    assert copy.read_bytes() == before
+    assert sorted(x.name for x in copy.parent.iterdir()) == ["backup.lmk"]
+
+
 # --------------------------------------------------------------------------- two handles
 
 

@@ -1158,6 +1158,32 @@ class Project:
         with self._tx(f"setting {key!r}") as con:
             con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, data))
 
+    # ------------------------------------------------------------------ copies
+
+    def save_copy(self, dest: str | Path) -> Path:
+        """A consistent copy of the project as it is now ("Save a copy as…", backups), made
+        with SQLite's online backup while other processes may keep writing. Refuses an
+        existing destination; a failure leaves no partial file."""
+        dest = Path(dest)
+        if not dest.suffix:
+            dest = dest.with_suffix(".lmk")
+        if dest.exists():
+            raise ProjectError(f"{dest}: already exists; choose another name "
+                               "(nothing was overwritten)")
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with self._lock, closing(sqlite3.connect(str(tmp))) as out:
+                self._c().backup(out)
+            os.replace(tmp, dest)
+        except (sqlite3.Error, OSError) as e:
+            remove_project_files(tmp)
+            problem = _describe_sqlite_error(e) if isinstance(e, sqlite3.Error) else \
+                (e.strerror or str(e))
+            raise ProjectError(f"{dest}: could not write the copy of {self.path.name} "
+                               f"({problem}); the project itself is unchanged") from None
+        return dest
+
     # ------------------------------------------------------------------ summary
 
     def schema_version(self) -> int:
