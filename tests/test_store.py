@@ -184,12 +184,14 @@ def test_points_are_len_template_and_edits_persist(tmp_path: Path, proj) -> None
     dict(index=0, x=float("nan"), y=1.0),        # NaN coordinate
     dict(index=0, x=None, y=1.0),                # a placed status needs both coordinates
     dict(index=0, x="left", y=1.0),              # not a number
+    dict(index=0, x=1.0, y=1.0, status="bogus"),  # not a status
 ])
 def test_invalid_point_is_refused_and_a_batch_writes_nothing(proj, bad) -> None:
     a = proj.images()[0].id
     with pytest.raises(ProjectError) as ei:
         proj.set_points([(a, LandmarkPoint(1, 5.0, 5.0)),
-                         (a, LandmarkPoint(bad["index"], bad["x"], bad["y"], Status.CORRECTED))])
+                         (a, LandmarkPoint(bad["index"], bad["x"], bad["y"],
+                                           bad.get("status", Status.CORRECTED)))])
     assert str(proj.path) in str(ei.value)
     assert proj.points(a) == [LandmarkPoint(i, None, None) for i in range(4)]
 
@@ -207,8 +209,8 @@ def test_exemplar_follows_exemplar_points_and_can_move(proj) -> None:
     assert proj.exemplar_id is None
     proj.set_point(a, 0, 5.0, 6.0, status=Status.EXEMPLAR)
     assert proj.exemplar_id == a
-    proj.set_point(a, 1, 7.0, 8.0)  # a manual edit on the exemplar is an exemplar label
-    assert proj.points(a)[1].status is Status.EXEMPLAR
+    got = proj.set_point(a, 1, 7.0, 8.0)  # a manual edit on the exemplar is an exemplar label
+    assert got.status is Status.EXEMPLAR and proj.points(a)[1] == got
     proj.set_point(b, 0, 1.0, 1.0, status=Status.ACCEPTED)
     proj.set_exemplar(b)
     assert proj.exemplar_id == b

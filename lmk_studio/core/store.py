@@ -894,8 +894,11 @@ class Project:
     def _normalise(self, image_id: int, p: LandmarkPoint) -> LandmarkPoint:
         """Validate one point (finite coordinates, placed statuses have x and y)."""
         idx = self._require_index(p.index)
-        status = Status(p.status)
-        source = Source(p.source) if p.source is not None else None
+        try:
+            status = Status(p.status)
+            source = Source(p.source) if p.source is not None else None
+        except ValueError as e:
+            raise ProjectError(f"{self.path}: image {image_id} landmark {idx}: {e}") from None
         x = _check_finite(self.path, f"image {image_id} landmark {idx}: x", p.x)
         y = _check_finite(self.path, f"image {image_id} landmark {idx}: y", p.y)
         conf = _check_finite(self.path, f"image {image_id} landmark {idx}: confidence",
@@ -913,7 +916,7 @@ class Project:
         return LandmarkPoint(idx, x, y, status, source, conf, err, run_id)
 
     def _write_points(self, con: sqlite3.Connection, rows: Sequence[tuple[int, LandmarkPoint]]
-                      ) -> None:
+                      ) -> list[tuple[int, LandmarkPoint]]:
         now = _now()
         new_ex = {iid for iid, p in rows if p.status is Status.EXEMPLAR}
         if len(new_ex) > 1:
@@ -945,6 +948,7 @@ class Project:
                       p.source.value if p.source else None, p.confidence, p.expected_error_px,
                       p.run_id, now) for iid, p in rows[i:k]])
             i = k
+        return list(rows)
 
     def set_point(self, image_id: int, index: int, x: float | None, y: float | None,
                   status: Status = Status.CORRECTED, source: Source | None = Source.MANUAL,
@@ -955,8 +959,8 @@ class Project:
                                                     confidence, expected_error_px, run_id))
         with self._tx(f"landmark {p.index} of image {image_id}") as con:
             iid = self._require_image(con, image_id)
-            self._write_points(con, [(iid, p)])
-        return p
+            [(_, stored)] = self._write_points(con, [(iid, p)])
+        return stored
 
     def set_points(self, rows: Iterable[tuple[int, LandmarkPoint]]) -> None:
         """Set many landmarks in ONE transaction (all or nothing)."""
@@ -989,8 +993,8 @@ class Project:
             new = self._normalise(iid, LandmarkPoint(idx, cur.x, cur.y, status, cur.source,
                                                      cur.confidence, cur.expected_error_px,
                                                      cur.run_id))
-            self._write_points(con, [(iid, new)])
-        return new
+            [(_, stored)] = self._write_points(con, [(iid, new)])
+        return stored
 
     # ------------------------------------------------------------------ exemplar
 
