@@ -109,6 +109,14 @@ def test_create_then_place_every_landmark_by_clicking(win, qtbot, tmp_path) -> N
     win.a_redo.trigger()
     assert win.doc.project.points(first)[2] == moved
 
+    # selecting a row of the landmark table makes it current and centres the view on it
+    win.canvas.zoom(3.0)
+    win.template_panel.table.selectRow(5)
+    assert win.doc.landmark == 5
+    centre = win.canvas.vb.viewRect().center()
+    assert abs(centre.x() - truth[0][5][0]) < 1.0 and abs(centre.y() - truth[0][5][1]) < 1.0
+    win.canvas.fit()
+
     # X marks the current landmark absent; Ctrl+Z brings the point back
     win.select_landmark(4)
     qtbot.keyClick(win, Qt.Key.Key_X)
@@ -179,6 +187,16 @@ def test_export_csv_and_help(win, qtbot, tmp_path) -> None:
     # an export into a missing folder is refused in words, the project untouched
     assert not win.export("JSON", tmp_path / "no such dir" / "x.json", False, "px")
     assert "no such dir" in (win.last_error or "")
+    from lmk_studio.gui.export_dialog import ExportDialog
+
+    ed = ExportDialog(win.doc.project, win, spacing_known=False)
+    ed.fmt.setCurrentText("COCO keypoints (JSON)")
+    fmt, path, reviewed, units = ed.choice()
+    assert path.suffix == ".json" and not reviewed and units == "px"
+    assert not ed.mm.isEnabled()  # no spacing anywhere: mm is not offered
+    ed.reviewed.setChecked(True)
+    assert ed.choice()[2] is True
+    ed.close()
     dlg = win.show_help()
     keys = {row[1]: row[2] for row in dlg.rows}
     assert keys["Mark landmark absent"] == "X"

@@ -2,7 +2,7 @@
 the instant classical preview starts by itself, a tiny Stage II training in the background
 process, then the review queue (lowest confidence first), accept with Return, correct by
 dragging (status CORRECTED, one undo step, undo/redo checked in the store), accept a whole
-image, and a reviewed-only CSV export whose rows are checked."""
+image, a reviewed-only CSV export whose rows are checked, and "retrain with my corrections"."""
 
 from __future__ import annotations
 
@@ -151,6 +151,16 @@ def test_annotate_preview_train_review_correct_export(win, qtbot, tmp_path) -> N
     assert float(corr[0]["x_px"]) == pytest.approx(after.x)
     assert float(corr[0]["y_px"]) == pytest.approx(after.y)
     assert np.isfinite([float(r["x_px"]) for r in rows]).all()
+
+    # 7. "retrain with my corrections": a new Stage II run that keeps every reviewed point
+    tp.set_preset_file(preset)
+    with qtbot.waitSignal(tp.finished, timeout=180_000) as done:
+        win.review.retrain_btn.click()
+        assert tp.current_job == "stage2"
+    assert win.doc.project.run(done.args[0][-1]).kind == "stage2"
+    assert done.args[0][-1] > run_id
+    assert win.doc.project.points(i1)[k1] == after  # the correction survives the retrain
+    assert win.doc.project.points(i0)[k0].status is Status.ACCEPTED
 
 
 def _reorder(values):

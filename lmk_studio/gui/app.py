@@ -41,4 +41,21 @@ def run_app(project: str | None = None, demo: bool = False) -> int:
         win.open_demo()
     elif project:
         win.open_project(Path(project))
-    return int(app.exec())
+    code = int(app.exec())
+    dispose(win)
+    return code
+
+
+def dispose(win) -> None:
+    """Delete the window's Qt objects before the interpreter finalises: letting the garbage
+    collector meet pyqtgraph items during finalisation can abort the process at exit."""
+    import gc
+
+    from PySide6.QtWidgets import QApplication
+
+    win.close()
+    win.deleteLater()
+    QApplication.processEvents()
+    QApplication.sendPostedEvents(None, 0)
+    del win
+    gc.collect()

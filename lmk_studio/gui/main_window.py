@@ -284,8 +284,10 @@ class MainWindow(QMainWindow):
         s = settings.get_value("window/state")
         if isinstance(g, QByteArray) and not g.isEmpty():
             self.restoreGeometry(g)
-        if isinstance(s, QByteArray) and not s.isEmpty():
-            self.restoreState(s)
+        restored = isinstance(s, QByteArray) and not s.isEmpty() and self.restoreState(s)
+        if not restored:  # first run: the image gets the room, the docks what they need
+            self.resizeDocks([self.dock_images, self.dock_landmarks], [210, 360],
+                             Qt.Orientation.Horizontal)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         settings.set_value("window/geometry", self.saveGeometry())
