@@ -3,53 +3,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lmk_studio import commands
-from lmk_studio.cli import _build_parser, main
-from lmk_studio.core.errors import LmkError
+from lmk_studio.cli import main
 from lmk_studio.core.points import Status
 
 store = pytest.importorskip("lmk_studio.core.store")
 pytest.importorskip("lmk_studio.core.images")
-
-
-def _parser_reaches_subcommands() -> bool:
-    try:
-        return _build_parser().parse_args(["info", "x.lmk"]).command == "info"
-    except SystemExit:
-        return False
-
-
-PARSER_OK = _parser_reaches_subcommands()
-
-
-def cli(argv: list[str]) -> int:
-    """lmk_studio.cli.main(argv). While cli.py's optional top-level positional swallows the
-    sub-command name (reported to its owner), the same handler is run the way main runs it."""
-    if PARSER_OK:
-        return main(argv)
-    sub = next(a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    ns = sub.choices[argv[0]].parse_args(argv[1:])
-    ns.command = argv[0]
-    try:
-        return int(getattr(commands, f"cmd_{argv[0]}")(ns) or 0)
-    except LmkError as exc:
-        print(f"lmk-studio: error: {exc}", file=sys.stderr)
-        return 2
-
-
-@pytest.mark.xfail(not PARSER_OK, strict=False,
-                   reason="cli.py: `project_to_open` (nargs='?') consumes the sub-command name")
-def test_cli_main_reaches_the_project_commands(tmp_path: Path, capsys) -> None:
-    assert main(["info", str(tmp_path / "absent.lmk")]) == 2
-    assert "project file not found" in capsys.readouterr().err
 
 
 def _png(path: Path, value: int = 0) -> Path:
@@ -73,7 +37,7 @@ def test_new_creates_the_project_and_lists_faulty_files(tmp_path: Path, capsys) 
     d = _folder(root, 3)
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 5)  # truncated PNG
     lmk = root / "ceph.lmk"
-    assert cli(["new", str(lmk), "--images", str(d), "--template", "isbi2015-ceph-19"]) == 0
+    assert main(["new", str(lmk), "--images", str(d), "--template", "isbi2015-ceph-19"]) == 0
     out = capsys.readouterr().out
     assert f"Created {lmk}" in out
     assert "template: isbi2015-ceph-19 (19 landmarks)" in out
@@ -88,7 +52,7 @@ def test_new_accepts_a_template_file_and_adds_the_suffix(tmp_path: Path, capsys)
     d = _folder(tmp_path, 1)
     tfile = tmp_path / "mine.json"
     tfile.write_text(json.dumps({"name": "mine", "landmarks": ["a", "b"]}))
-    assert cli(["new", str(tmp_path / "proj"), "--images", str(d), "--template",
+    assert main(["new", str(tmp_path / "proj"), "--images", str(d), "--template",
                  str(tfile)]) == 0
     with store.Project.open(tmp_path / "proj.lmk") as p:
         assert p.template.names == ["a", "b"]
@@ -97,10 +61,10 @@ def test_new_accepts_a_template_file_and_adds_the_suffix(tmp_path: Path, capsys)
 def test_new_refuses_an_existing_project_untouched(tmp_path: Path, capsys) -> None:
     d = _folder(tmp_path, 1)
     lmk = tmp_path / "p.lmk"
-    assert cli(["new", str(lmk), "--images", str(d), "--template", "chest-6"]) == 0
+    assert main(["new", str(lmk), "--images", str(d), "--template", "chest-6"]) == 0
     before = lmk.read_bytes()
     capsys.readouterr()
-    assert cli(["new", str(lmk), "--images", str(d), "--template", "hand-37"]) == 2
+    assert main(["new", str(lmk), "--images", str(d), "--template", "hand-37"]) == 2
     err = capsys.readouterr().err
     assert str(lmk) in err and "already exists" in err
     assert lmk.read_bytes() == before
@@ -120,7 +84,7 @@ def test_new_refuses_bad_input_and_creates_nothing(tmp_path: Path, capsys, case:
         d.mkdir()
         (d / "a.png").write_text("not an image")
     lmk = tmp_path / "out" / "p.lmk"
-    assert cli(["new", str(lmk), "--images", str(d), "--template", template]) == 2
+    assert main(["new", str(lmk), "--images", str(d), "--template", template]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lmk-studio: error: ")
     assert (str(d) if case != "unknown template" else "no-such-template") in err
@@ -130,7 +94,7 @@ def test_new_refuses_bad_input_and_creates_nothing(tmp_path: Path, capsys, case:
 def test_info_summarises_points_runs_spacing_and_missing_files(tmp_path: Path, capsys) -> None:
     d = _folder(tmp_path, 3)
     lmk = tmp_path / "p.lmk"
-    assert cli(["new", str(lmk), "--images", str(d), "--template", "chest-6"]) == 0
+    assert main(["new", str(lmk), "--images", str(d), "--template", "chest-6"]) == 0
     with store.Project.open(lmk) as p:
         a, b, c = (r.id for r in p.images())
         for i in range(6):
@@ -145,7 +109,7 @@ def test_info_summarises_points_runs_spacing_and_missing_files(tmp_path: Path, c
     (d / "im2.png").unlink()
     _png(d / "im1.png", 250)
     capsys.readouterr()
-    assert cli(["info", str(lmk)]) == 0
+    assert main(["info", str(lmk)]) == 0
     out = capsys.readouterr().out
     assert "Template: chest-6 (6 landmarks)" in out
     assert "Images: 3 (1 missing, 1 changed)" in out
@@ -168,9 +132,9 @@ def test_info_summarises_points_runs_spacing_and_missing_files(tmp_path: Path, c
 def test_info_on_a_file_that_is_not_a_project(tmp_path: Path, capsys) -> None:
     f = tmp_path / "notes.lmk"
     f.write_text("hello")
-    assert cli(["info", str(f)]) == 2
+    assert main(["info", str(f)]) == 2
     err = capsys.readouterr().err
     assert str(f) in err and "not an SQLite database" in err
     assert f.read_text() == "hello"
-    assert cli(["info", str(tmp_path / "absent.lmk")]) == 2
+    assert main(["info", str(tmp_path / "absent.lmk")]) == 2
     assert "not found" in capsys.readouterr().err
