@@ -123,7 +123,7 @@ def test_info_summarises_points_runs_spacing_and_missing_files(tmp_path: Path, c
     assert "calibration (user): 0.1 x 0.1: 1 image(s)" in out
     assert "Runs: 2" in out
     assert f"#{rid} stage2 finished" in out and "mre_px=2.346, points_written=5" in out
-    assert "stage1 running" in out
+    assert "stage1 running (started 20" in out and " UTC)" in out
     assert f"Missing image files: 1\n  {(d / 'im2.png').resolve()}" in out
     assert f"Changed image files (content differs from when added): 1\n  " \
            f"{(d / 'im1.png').resolve()}" in out

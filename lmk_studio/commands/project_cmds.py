@@ -90,6 +90,14 @@ def _duration(started: str, finished: str | None) -> str:
     return f", {s:.0f} s" if s < 120 else f", {s / 60:.1f} min"
 
 
+def _when(stamp: str) -> str:
+    """'2026-11-25T11:20:57.816+00:00' -> '2026-11-25 11:20 UTC' (as stored if unparsable)."""
+    try:
+        return datetime.fromisoformat(stamp).strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        return stamp
+
+
 def _files(title: str, paths: list[Path]) -> None:
     if not paths:
         return
@@ -141,7 +149,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"Runs: {len(runs)}")
     for r in runs:
         m = _metrics_summary(r.metrics)
-        print(f"  #{r.id} {r.kind} {r.status} (started {r.started}"
+        print(f"  #{r.id} {r.kind} {r.status} (started {_when(r.started)}"
               f"{_duration(r.started, r.finished)})" + (f": {m}" if m else ""))
     _files("Missing image files", missing)
     _files("Changed image files (content differs from when added)", changed)
