@@ -94,6 +94,9 @@ def test_create_then_place_every_landmark_by_clicking(win, qtbot, tmp_path) -> N
     assert np.abs(got - truth[0]).max() <= tol
     assert win.undo_stack.count() == n
     assert win.doc.exemplar_complete()
+    click_image(qtbot, win, 3.0, 3.0)  # a stray click never moves a placed point
+    assert win.undo_stack.count() == n and win.doc.project.points(first) == pts
+    assert "drag it" in win.statusBar().currentMessage()
     assert f"Exemplar {n}/{n}" in win.progress_label.text()
 
     # a drag moves one point and is ONE undo step; undo/redo go through the store

@@ -61,14 +61,16 @@ STAGE_OVERLAYS = {  # overlay key -> (run kinds, colour, symbol, words)
 def ensure_demo_project() -> Path:
     """The phantom demo project under the user data dir, written on first use."""
     from lmk_studio.core.paths import data_dir
-
-    d = data_dir() / "demo"
-    existing = sorted(d.glob("*.lmk")) if d.is_dir() else []
-    if existing:
-        return existing[0]
     from lmk_studio.core.phantoms import write_demo_project
 
-    return Path(write_demo_project(d))
+    for k in range(1, 100):
+        d = data_dir() / ("demo" if k == 1 else f"demo-{k}")
+        existing = sorted(d.glob("*.lmk")) if d.is_dir() else []
+        if existing:
+            return existing[0]
+        if not d.exists():  # a folder left half-written by an earlier failure is not reused
+            return Path(write_demo_project(d))
+    raise LmkError(f"{data_dir()}: could not find a free folder for the demo project")
 
 
 class MainWindow(QMainWindow):
@@ -616,6 +618,13 @@ class MainWindow(QMainWindow):
         if iid is None or self.doc.project is None or self.shown_image_id != iid:
             return
         idx = self.doc.landmark
+        cur = self.doc.points()[idx]
+        if cur.status.is_trusted:
+            # a stray click must not move a point a human stands behind: that is a drag
+            self.statusBar().showMessage(
+                f"{self.doc.names()[idx]} is already placed: drag it to move it, Del clears "
+                "it, or pick another landmark in the list.", 6000)
+            return
         if not self._push(PlacePoint(self.doc, iid, idx, x, y)):
             return
         nxt = self.doc.next_unplaced(idx)

@@ -139,8 +139,11 @@ class Document(QObject):
         if self.project is None:
             return {}
         missing = [i for i in self._records if i not in self._points]
-        if missing:
+        if len(missing) > 16:  # one query for many; a single edit re-reads just its image
             self._points.update(self.project.all_points())
+        else:
+            for i in missing:
+                self._points[i] = self.project.points(i)
         return {i: self._points[i] for i in self._records if i in self._points}
 
     def invalidate(self, image_ids: Iterable[int] | int | None = None) -> None:
