@@ -842,7 +842,7 @@ class Project:
     def _require_index(self, index: int) -> int:
         n = self._n()
         try:
-            i = int(index)
+            i = index if type(index) is int else int(index)
         except (TypeError, ValueError):
             raise ProjectError(f"{self.path}: {index!r} is not a landmark index") from None
         if not 0 <= i < n:
@@ -895,8 +895,9 @@ class Project:
         """Validate one point (finite coordinates, placed statuses have x and y)."""
         idx = self._require_index(p.index)
         try:
-            status = Status(p.status)
-            source = Source(p.source) if p.source is not None else None
+            status = p.status if isinstance(p.status, Status) else Status(p.status)
+            source = p.source if p.source is None or isinstance(p.source, Source) \
+                else Source(p.source)
         except ValueError as e:
             raise ProjectError(f"{self.path}: image {image_id} landmark {idx}: {e}") from None
         x = _check_finite(self.path, f"image {image_id} landmark {idx}: x", p.x)
@@ -925,7 +926,8 @@ class Project:
         if new_ex:
             self._set_exemplar(con, next(iter(new_ex)))
         ex = self._meta_raw(con, _META_PREFIX + "exemplar_id")
-        if ex is not None:  # the exemplar's human labels are its EXEMPLAR labels
+        if ex is not None and any(iid == ex for iid, _ in rows):
+            # the exemplar's human labels are its EXEMPLAR labels
             rows = [(iid, replace(p, status=Status.EXEMPLAR)
                      if iid == ex and p.status in (Status.ACCEPTED, Status.CORRECTED) else p)
                     for iid, p in rows]
