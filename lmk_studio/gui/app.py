@@ -21,6 +21,13 @@ def make_app():
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setOrganizationName(ORG)
     app.setApplicationName(APP)
+    from PySide6.QtGui import QIcon
+
+    from lmk_studio.core.resources import resource_path
+
+    icon = resource_path("icons", "lmk_studio.svg")
+    if icon.exists():
+        app.setWindowIcon(QIcon(str(icon)))
     return app
 
 
