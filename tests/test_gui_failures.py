@@ -61,6 +61,8 @@ def test_cancel_mid_training_keeps_the_window_and_the_points(win, qtbot, demo, t
     preset = tmp_path / "long.json"
     preset.write_text(json.dumps(LONG_STAGE1), encoding="utf-8")
     trained = []
+    said: list[str] = []
+    win.statusBar().messageChanged.connect(said.append)
     tp.progress.connect(lambda ev: trained.append(ev) if ev.stage != "job" else None)
     assert tp.start("stage1", preset=str(preset), device="cpu")
     qtbot.waitUntil(lambda: len(trained) >= 2, timeout=90_000)  # really training now
@@ -70,7 +72,7 @@ def test_cancel_mid_training_keeps_the_window_and_the_points(win, qtbot, demo, t
     runs = [r for r in win.doc.project.runs() if r.kind == "stage1"]
     assert runs and runs[-1].status == "cancelled"
     assert win.doc.project.all_points() == before  # a cancelled run writes no points
-    assert "cancelled" in win.statusBar().currentMessage().lower()
+    assert any("cancelled" in m.lower() for m in said)
     wait_shown(qtbot, win)  # the window still works: show and edit
     assert win.isVisible()
 
