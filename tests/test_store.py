@@ -421,6 +421,15 @@ def test_refuses_missing_empty_and_non_sqlite_files(tmp_path: Path) -> None:
     _assert_refused(tmp_path / "image.lmk", "not an SQLite database")
 
 
+def test_refuses_an_empty_database_from_an_interrupted_creation(tmp_path: Path) -> None:
+    lmk = tmp_path / "p.lmk"
+    c = sqlite3.connect(lmk)  # what a creation killed before its first commit leaves behind
+    c.execute("PRAGMA journal_mode = WAL")
+    c.close()
+    assert lmk.stat().st_size > 0
+    _assert_refused(lmk, "empty database")
+
+
 def test_refuses_another_programs_sqlite_database(tmp_path: Path) -> None:
     other = tmp_path / "other.lmk"
     with sqlite3.connect(other) as c:

@@ -16,7 +16,8 @@ Why this shape:
   metadata is read before the transaction opens).
 - Image paths are stored relative to the project's folder (POSIX separators, ``..`` allowed)
   *and* absolute; the relative one wins when it resolves, so a folder tree moved together with
-  its images keeps working, and a project file moved alone still finds them by the absolute one. Size + mtime + ``core.images.quick_hash`` notice moved or changed files on open.
+  its images keeps working, and a project file moved alone still finds them by the absolute one.
+  Size + mtime + ``core.images.quick_hash`` notice moved or changed files on open.
 
 Coordinates are float pixels with the origin at the *centre* of the top-left pixel (pixel (i, j)
 covers x in [j - 0.5, j + 0.5]), as in ``core.points``.
@@ -273,6 +274,10 @@ def _inspect_sqlite(path: Path, immutable: bool) -> int:
                                      timeout=BUSY_TIMEOUT_MS / 1000)) as c:
             app_id = c.execute("PRAGMA application_id").fetchone()[0]
             version = c.execute("PRAGMA user_version").fetchone()[0]
+            if app_id == 0 and c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                raise ProjectError(
+                    f"{path}: an empty database, not an lmk_studio project (a project creation "
+                    "may have been interrupted); it was not changed")
             if app_id != APPLICATION_ID:
                 raise ProjectError(
                     f"{path}: an SQLite database but not an lmk_studio project "
