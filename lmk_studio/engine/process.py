@@ -20,6 +20,7 @@ as failed / cancelled, so the store never claims a run is still going.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import faulthandler
 import importlib
@@ -32,6 +33,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
@@ -43,6 +45,24 @@ log = logging.getLogger("lmk_studio.engine.process")
 FINAL_TYPES = ("finished", "cancelled", "failed", "crashed")
 MAX_RUNS = 64
 _PROGRESS_MIN_S = 0.05
+# a pipe write up to PIPE_BUF (4 KiB on Linux) is atomic, and 900 characters stay under it in
+# UTF-8: a child killed mid-write cannot leave half a message that would block the parent's
+# reader; long texts stay whole in the log file
+_MAX_TEXT = 900
+_LIVE: weakref.WeakSet[JobProcess] = weakref.WeakSet()
+
+
+def _shutdown_all() -> None:
+    """At interpreter exit (before multiprocessing SIGTERMs its daemon children): cancel live
+    jobs properly so they checkpoint and no run is left "running" in a project."""
+    for jp in list(_LIVE):
+        with contextlib.suppress(Exception):
+            if jp.is_running():
+                jp.cancel()
+                jp.wait(timeout=jp.grace_s + jp.kill_after_s + 1.0)
+
+
+atexit.register(_shutdown_all)
 
 
 def default_torch_threads() -> int:
@@ -178,6 +198,7 @@ class JobProcess:
             args=(spec, self._queue, self._cancel_ev, self._runs, os.getpid()), daemon=True)
         self.started_at = time.monotonic()
         self._proc.start()
+        _LIVE.add(self)
         log.info("job %s started in process %s (log %s)", spec.get("job"), self._proc.pid,
                  self.log_path)
 
@@ -339,8 +360,11 @@ class _QueueLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            text = self.format(record)
+            if len(text) > _MAX_TEXT:
+                text = text[:_MAX_TEXT] + " … (cut; the job log has it all)"
             self._put({"type": "log", "level": record.levelno, "name": record.name,
-                       "message": self.format(record)})
+                       "message": text})
         except Exception:  # noqa: BLE001 - logging must never raise into the job
             self.handleError(record)
 
@@ -359,7 +383,7 @@ def _progress_sender(put: Callable[[dict[str, Any]], None]) -> Callable[[Any], N
         put({"type": "progress", "stage": ev.stage, "epoch": ev.epoch, "epochs": ev.epochs,
              "step": ev.step, "steps": ev.steps,
              "losses": {str(k): float(v) for k, v in (ev.losses or {}).items()},
-             "eta_s": ev.eta_s, "message": ev.message, "fraction": ev.fraction})
+             "eta_s": ev.eta_s, "message": str(ev.message)[:300], "fraction": ev.fraction})
 
     return progress
 
@@ -463,6 +487,7 @@ def _child_main(spec: dict[str, Any], q: Any, cancel_ev: Any, runs: Any,
     put({"type": "started", "pid": os.getpid(), "job": job,
          "log_path": str(log_path) if log_path else None})
     run_ids: list[int] = []
+    code = 0
     try:
         import torch
 
@@ -493,10 +518,16 @@ def _child_main(spec: dict[str, Any], q: Any, cancel_ev: Any, runs: Any,
         put({"type": "finished", "run_ids": run_ids})
     except BaseException as exc:  # noqa: BLE001 - every ending is reported to the parent
         _report_failure(exc, put, clog, job)
-        if not isinstance(exc, _cancelled_types()):
-            sys.exit(1)
-    finally:
-        root.removeHandler(qh)
+        code = 0 if isinstance(exc, _cancelled_types()) else 1
+    # Leave at once: the project is closed and the final event queued; a normal interpreter
+    # teardown with torch loaded can take seconds on a busy machine, and a cancel should free
+    # the computer (and GPU) within the grace period.
+    root.removeHandler(qh)
+    logging.shutdown()
+    with contextlib.suppress(Exception):
+        q.close()
+        q.join_thread()  # the final event is in the pipe before the process ends
+    os._exit(code)
 
 
 def _cancelled_types() -> tuple[type[BaseException], ...]:
@@ -526,4 +557,4 @@ def _report_failure(exc: BaseException, put: Callable[[dict[str, Any]], None],
     else:
         msg = f"{job} failed: {name}: {exc}"
     clog.error("%s\n%s", msg, "".join(traceback.format_exception(exc)).rstrip())
-    put({"type": "failed", "message": msg, "error_type": name})
+    put({"type": "failed", "message": msg[:_MAX_TEXT], "error_type": name})

@@ -280,9 +280,10 @@ class TrainingPanel(QWidget):
         self._preset_prev = idx
 
     def start(self, job: str, preset: str | None = None, device: str | None = None,
-              resume: bool = False) -> bool:
+              resume: bool = False, images: list[int] | None = None) -> bool:
         """Start `job` (see engine.jobs.JOBS) in the background; False (and `failed`) when it
-        cannot start: no project, a job already running, a bad preset."""
+        cannot start: no project, a job already running, a bad preset. `images` limits the
+        classical and predict jobs to those image ids (e.g. images added after training)."""
         if self.is_running():
             self._refuse("A job is already running: wait for it or cancel it first.")
             return False
@@ -298,7 +299,8 @@ class TrainingPanel(QWidget):
             self._refuse(str(exc))
             return False
         spec = {"project": str(self.project), "job": job, "preset": preset,
-                "device": device or self.selected_device(), "resume": bool(resume)}
+                "device": device or self.selected_device(), "resume": bool(resume),
+                "images": list(images) if images is not None else None}
         return self.start_spec(spec)
 
     def start_spec(self, spec: dict[str, Any]) -> bool:
