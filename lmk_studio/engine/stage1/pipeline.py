@@ -68,6 +68,32 @@ def classical_start(full: list[np.ndarray], ex: int, ex_pts: np.ndarray,
     return pts, "engine.classical.classical_propagate"
 
 
+def _fill_missing_starts(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, pts: np.ndarray,
+                         cancel: CancelToken | None, notes: list[str]) -> np.ndarray:
+    """Images without stored classical points (e.g. added after the preview ran) get them now,
+    so every image has a start for the refinement."""
+    lab = np.isfinite(ex_pts).all(-1)
+    need = [k for k in range(len(full))
+            if k != ex and not np.isfinite(pts[k][lab]).all()]
+    if not need:
+        return pts
+    try:
+        from lmk_studio.engine.classical import classical_propagate
+    except ImportError:
+        notes.append(f"{len(need)} image(s) have no classical start and engine.classical is "
+                     "not available: they get no Stage I points")
+        return pts
+    for k in need:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        out = classical_propagate(full[ex], ex_pts, full[k])
+        new = out[0] if isinstance(out, tuple) else out
+        miss = ~np.isfinite(pts[k]).all(-1)
+        pts[k][miss] = np.asarray(new)[miss]
+    notes.append(f"classical start computed for {len(need)} image(s) without a stored preview")
+    return pts
+
+
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     d = np.sqrt((a * a).sum() * (b * b).sum())
@@ -144,6 +170,8 @@ def fit_stage1(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, cfg: Stage1C
         if start_points is not None:
             pts = np.array(start_points, dtype=np.float64)
             pts[ex] = ex_pts
+            if cfg.start == "classical":
+                pts = _fill_missing_starts(full, ex, ex_pts, pts, cancel, notes)
             timings["start_s"] = time.monotonic() - t0
         else:
             c = cfg.coarse

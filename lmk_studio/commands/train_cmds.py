@@ -1,0 +1,302 @@
+"""`lmk-studio train` and `lmk-studio predict`: the engine jobs from a terminal.
+
+A one-line progress bar goes to stderr (rewritten with \\r); Ctrl-C asks the running job to
+stop through its CancelToken, so it checkpoints and leaves a run that `--resume` continues;
+a second Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from lmk_studio.core.errors import LmkError
+
+EXIT_CANCELLED = 130
+_DONE = ("finished", "done", "ok", "completed")
+
+
+# ---- terminal progress -----------------------------------------------------------------------
+def _fmt_s(s: float | None) -> str:
+    if s is None:
+        return "--:--"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
+
+
+class ProgressBar:
+    """Renders engine ProgressEvents as one \\r-rewritten stderr line, at most ~10 times a
+    second; a new line starts whenever the stage changes so the history stays readable."""
+
+    def __init__(self, stream: TextIO | None = None, min_interval: float = 0.1) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.min_interval = min_interval
+        self._last = 0.0
+        self._stage: str | None = None
+        self._width = 0
+        self.events = 0
+
+    def __call__(self, ev: Any) -> None:
+        self.events += 1
+        now = time.monotonic()
+        new_stage = ev.stage != self._stage
+        last_step = ev.epoch + 1 >= ev.epochs and ev.step >= ev.steps
+        if not (new_stage or last_step or now - self._last >= self.min_interval):
+            return
+        if new_stage and self._stage is not None:
+            self.stream.write("\n")
+            self._width = 0
+        self._stage = ev.stage
+        self._last = now
+        self._write(self.line(ev))
+
+    @staticmethod
+    def line(ev: Any, bar_width: int = 20) -> str:
+        frac = float(getattr(ev, "fraction", 0.0))
+        fill = int(round(frac * bar_width))
+        bar = "#" * fill + "-" * (bar_width - fill)
+        parts = [f"{ev.stage} [{bar}] {frac * 100:3.0f}%"]
+        if ev.losses:
+            parts.append(f"epoch {ev.epoch + 1}/{ev.epochs} step {ev.step}/{ev.steps}")
+            parts.append(f"ETA {_fmt_s(ev.eta_s)}")
+            parts.append(" ".join(f"{k} {v:.3g}" for k, v in ev.losses.items()))
+        elif ev.message:
+            parts.append(ev.message)
+        return "  ".join(parts)
+
+    def _write(self, text: str) -> None:
+        cols = shutil.get_terminal_size((120, 24)).columns - 1
+        text = text[:cols]
+        pad = max(0, self._width - len(text))
+        self.stream.write("\r" + text + " " * pad)
+        self.stream.flush()
+        self._width = len(text)
+
+    def note(self, text: str) -> None:
+        """A full line of text (ends the current bar line first)."""
+        if self._width:
+            self.stream.write("\n")
+            self._width = 0
+        self.stream.write(text + "\n")
+        self.stream.flush()
+        self._stage = None
+
+    def close(self) -> None:
+        if self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._width = 0
+
+
+@contextmanager
+def _ctrl_c_cancels(token: Any, say: Callable[[str], None]) -> Iterator[None]:
+    """First Ctrl-C: cancel the job cleanly (it checkpoints); second: KeyboardInterrupt."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_sig: int, _frame: Any) -> None:
+        if token.cancelled:
+            raise KeyboardInterrupt
+        token.cancel()
+        say("Ctrl-C: stopping after the current step (press Ctrl-C again to abort at once)")
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def _open_project(path_arg: str):
+    path = Path(path_arg).expanduser()
+    if not path.exists():
+        raise LmkError(f"{path}: project file not found")
+    try:
+        from lmk_studio.core.store import Project
+    except ImportError as exc:  # pragma: no cover - only while the store is being written
+        raise LmkError(f"the project store is not available in this build ({exc})") from exc
+    return Project.open(path)
+
+
+def _check_device(device: str) -> str:
+    from lmk_studio.engine.common import select_device
+
+    try:
+        select_device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise LmkError(str(exc)) from exc
+    return device
+
+
+def _newest(proj, kinds: tuple[str, ...], statuses: tuple[str, ...] | None = None):
+    for r in sorted(proj.runs(), key=lambda r: r.id, reverse=True):
+        if r.kind in kinds and (statuses is None or r.status in statuses):
+            return r
+    return None
+
+
+def _summary(proj, run_id: int) -> str:
+    r = proj.run(run_id)
+    m = r.metrics or {}
+    bits = [f"run {run_id} ({r.kind}) {r.status}"]
+    if "points_written" in m:
+        bits.append(f"{m['points_written']} points written")
+    if m.get("mean_confidence") is not None:
+        bits.append(f"mean confidence {float(m['mean_confidence']):.2f}")
+    total = (r.timings or {}).get("total_s")
+    if total is not None:
+        bits.append(f"{float(total):.0f} s")
+    for f in (m.get("faults") or [])[:5]:
+        bits.append(f"skipped: {f}")
+    return "; ".join(bits)
+
+
+def _preset_for(stage: str, preset: str | None) -> str | None:
+    """One --preset for 'all': a bundled name applies to both stages; a JSON file path
+    applies to the stage whose keys it has (a Stage I file has 'coarse'/'refine'/'start')."""
+    if preset is None or not Path(preset).suffix:
+        return preset
+    import json
+
+    p = Path(preset).expanduser()
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LmkError(f"{p}: unreadable preset ({exc})") from exc
+    if not isinstance(d, dict):
+        raise LmkError(f"{p}: a preset must be a JSON object")
+    if "stage1" in d or "stage2" in d:       # one file holding both stages' sections
+        sec = d.get(f"stage{stage}")
+        if sec is None:
+            return None
+        import tempfile
+
+        out = Path(tempfile.mkdtemp(prefix="lmk_preset_")) / f"{p.stem}-stage{stage}.json"
+        out.write_text(json.dumps(sec), encoding="utf-8")
+        return str(out)
+    is_s1 = any(k in d for k in ("coarse", "refine", "start"))
+    return str(p) if (stage == "1") == is_s1 else None
+
+
+# ---- train -----------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from lmk_studio.engine.common import Cancelled, CancelToken
+
+    device = _check_device(args.device)
+    stage = str(args.stage)
+    bar = ProgressBar()
+    token = CancelToken()
+    proj = _open_project(args.project)
+    try:
+        with _ctrl_c_cancels(token, bar.note):
+            try:
+                for rid in _train_jobs(proj, stage, args.preset, device, bool(args.resume),
+                                       args.seed, bar, token):
+                    bar.note(_summary(proj, rid))
+            except Cancelled:
+                bar.note(f"cancelled; the run is checkpointed. Continue it with: lmk-studio train "
+                         f"{args.project} --stage {stage} --resume")
+                return EXIT_CANCELLED
+            except (RuntimeError, ValueError, OSError) as exc:
+                # an engine failure in words (the run is recorded as failed in the project)
+                raise LmkError(f"{args.project}: training failed: {exc}") from exc
+    finally:
+        bar.close()
+        proj.close()
+    return 0
+
+
+def _train_jobs(proj, stage: str, preset: str | None, device: str, resume: bool,
+                seed: int | None, bar: ProgressBar, token) -> Iterator[int]:
+    if stage in ("1", "all"):
+        if stage == "all" and _newest(proj, ("classical",), _DONE) is None:
+            from lmk_studio.engine.classical import run_classical_job
+
+            bar.note("no classical preview yet: running it first")
+            yield run_classical_job(proj, progress=bar, cancel=token)
+        skip = False
+        if stage == "all" and resume:
+            # resuming 'all' after Stage I finished: go straight on to Stage II
+            s1 = _newest(proj, ("stage1",))
+            s2 = _newest(proj, ("stage2",))
+            skip = s1 is not None and s1.status in _DONE and s2 is not None and s2.id > s1.id
+        if not skip:
+            from lmk_studio.engine.stage1 import train_stage1_job
+
+            pre = _preset_for("1", preset) if stage == "all" else preset
+            yield train_stage1_job(proj, pre, device, resume, seed, bar, token)
+    if stage in ("2", "all"):
+        from lmk_studio.engine.stage2.job import train_stage2_job
+
+        pre = _preset_for("2", preset) if stage == "all" else preset
+        yield train_stage2_job(proj, pre, device, resume, seed, bar, token)
+
+
+# ---- predict ---------------------------------------------------------------------------------
+def _add_folder(proj, folder_arg: str, say: Callable[[str], None]) -> list[int]:
+    """Add the folder's images to the project; return the ids of all its images (new or
+    already in the project) so they are predicted."""
+    from lmk_studio.core.images import list_images
+
+    folder = Path(folder_arg).expanduser()
+    paths = list_images(folder)
+    if not paths:
+        raise LmkError(f"{folder}: no supported images in this folder")
+    added = proj.add_images(paths)
+    for path, problem in getattr(proj, "last_faults", []) or []:
+        say(f"skipped {path}: {problem}")
+    wanted = {Path(p).resolve() for p in paths}
+    ids = sorted({r.id for r in proj.images() if Path(r.path).resolve() in wanted}
+                 | {r.id for r in added})
+    if not ids:
+        raise LmkError(f"{folder}: none of its images could be added to the project")
+    say(f"{len(added)} new image(s) added from {folder}; predicting {len(ids)}")
+    return ids
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from lmk_studio.engine.common import Cancelled, CancelToken
+
+    device = _check_device(args.device)
+    bar = ProgressBar()
+    token = CancelToken()
+    proj = _open_project(args.project)
+    try:
+        with _ctrl_c_cancels(token, bar.note):
+            try:
+                ids = _add_folder(proj, args.images, bar.note) if args.images else None
+                if args.method == "classical":
+                    from lmk_studio.engine.classical import run_classical_job
+
+                    rid = run_classical_job(proj, progress=bar, cancel=token, images=ids)
+                elif args.method == "stage1":
+                    from lmk_studio.engine.stage1 import predict_stage1_job
+
+                    rid = predict_stage1_job(proj, device, bar, token, ids)
+                else:
+                    from lmk_studio.engine.stage2.job import predict_stage2_job
+
+                    rid = predict_stage2_job(proj, device, bar, token, ids)
+                bar.note(_summary(proj, rid))
+            except Cancelled:
+                bar.note("cancelled; points already in the project are unchanged")
+                return EXIT_CANCELLED
+            except (RuntimeError, ValueError, OSError) as exc:
+                raise LmkError(f"{args.project}: prediction failed: {exc}") from exc
+    finally:
+        bar.close()
+        proj.close()
+    return 0
