@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         pump(lambda: win.shown_image_id == win.doc.image_id, 30, "the review image")
         win.accept_point()
     pump(lambda: win.shown_image_id == win.doc.image_id, 30, "the review image")
+    QTest.mouseMove(win.canvas.view.viewport(), QPoint(3, 3))  # no hover highlight in the shot
     settle(0.3)
     grab("reviewing.png")
     dispose(win)

@@ -451,6 +451,8 @@ class MainWindow(QMainWindow):
             self.canvas.set_image(None)
             self.canvas.set_points([])
             return
+        # the previous image's markers go at once: nothing stale can be dragged meanwhile
+        self.canvas.set_points([])
         rec = self.doc.record(image_id)
         if rec.missing:
             self.shown_image_id = None
@@ -636,7 +638,8 @@ class MainWindow(QMainWindow):
 
     def move_point(self, index: int, x: float, y: float) -> None:
         iid = self.doc.image_id
-        if iid is None:
+        if iid is None or self.shown_image_id != iid:
+            self._redraw_points()  # a drag that ended on an image being replaced counts for none
             return
         self._push(MovePoint(self.doc, iid, index, x, y))
         self.doc.set_landmark(index)
