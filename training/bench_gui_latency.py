@@ -95,6 +95,8 @@ def main() -> int:
     ap.add_argument("--job", default="all")
     ap.add_argument("--n", type=int, default=24, help="demo project size (images)")
     ap.add_argument("--idle-s", type=float, default=10.0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of the training (default: all cores but one)")
     ap.add_argument("--skip", default="", help="comma list of scenarios to skip: b0,qthread")
     ap.add_argument("--out", default=str(REPO / "training" / "reports" / "gui_latency"))
     args = ap.parse_args()
@@ -119,7 +121,7 @@ def main() -> int:
     panel.resize(520, 760)
     panel.show()
     app.processEvents()
-    threads = default_torch_threads()
+    threads = args.threads or default_torch_threads()
 
     class Probe:
         """10 ms single-shot chain: lateness = when the tick ran - when it was due."""
@@ -294,9 +296,7 @@ def main() -> int:
     out.with_suffix(".md").write_text(_markdown(results), encoding="utf-8")
     shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {out.with_suffix('.md')}", flush=True)
-    # skip interpreter teardown: after the QThread scenario, PySide6's finalisation has crashed
-    # in garbage collection ("none_dealloc") once the results were already written
-    os._exit(0)
+    return 0
 
 
 def _markdown(r: dict) -> str:
@@ -316,7 +316,7 @@ def _markdown(r: dict) -> str:
         "",
         f"Training: `run_job(demo, {r['job']!r}, preset={r['preset']!r}, device='cpu')` on the "
         f"{r['n_images']}-image phantom demo project (classical preview, Stage I, Stage II); "
-        f"{r['torch_threads']} torch thread(s) in the trainer (all cores but one). Probe: a "
+        f"{r['torch_threads']} torch thread(s) in the trainer. Probe: a "
         f"{TICK_MS:.0f} ms single-shot QTimer chain; latency = when the tick ran minus when it "
         "was due. The TrainingPanel is shown and updates its progress bar, loss curves and log "
         "tail from the training's events in every scenario.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from PySide6.QtWidgets import (
 from lmk_studio.core.errors import LmkError
 from lmk_studio.engine.common import ProgressEvent, describe_device, select_device
 from lmk_studio.engine.jobs import BUNDLED_PRESETS, JOB_STAGE, JOBS, check_presets
+from lmk_studio.engine.process import default_torch_threads
 
 from .job_bridge import JobBridge
 
@@ -72,7 +74,9 @@ def device_choices() -> tuple[list[tuple[str, str]], str]:
     auto = select_device("auto")
     found = describe_device(auto)
     if auto.type == "cpu":
-        found = f"CPU — no GPU found ({found})"
+        threads = default_torch_threads()
+        found = (f"CPU — no GPU found ({os.cpu_count() or 1} cores; training uses {threads} "
+                 f"thread{'s' if threads > 1 else ''} and leaves the rest to the window)")
     items = [("auto", f"Automatic: {found.split(' (')[0]}"), ("cpu", "CPU")]
     try:
         import torch
@@ -371,7 +375,7 @@ class TrainingPanel(QWidget):
         step, ev = self._latest_step, self._latest_stage
         self._latest_step = self._latest_stage = None
         if step is not None:
-            self.step_label.setText(step.message.capitalize() if step.message else "")
+            self.step_label.setText(step.message[:1].upper() + step.message[1:])
         if ev is not None:
             text = stage_words(ev.stage)
             if ev.epochs > 1:
