@@ -191,6 +191,7 @@ def child_stage1(out: Path, preset: str, override: dict, seed: int, start: Path)
     s_per_step = {k: float(np.median(np.diff(v))) for k, v in steps.items() if len(v) > 2}
     n_steps = {k: len(v) for k, v in steps.items()}
     np.savez(out, pts=res.points, conf=res.confidence, dis=res.step_disagreement_px,
+             start=res.start_points if res.start_points is not None else res.points,
              info=json.dumps({"config": cfg.to_dict(), "load_s": t_load, "fit_s": wall,
                               "timings": res.timings, "notes": res.notes,
                               "history": res.history, "s_per_step": s_per_step,
@@ -268,6 +269,11 @@ def main() -> None:
         **metrics(cz["pts"], truth), "source": cinfo["source"],
         "time_s": cinfo["propagate_s"], "load_s": cinfo["load_s"],
         "per_image_s": cinfo["per_image_s_median"], "peak_rss_mb": cinfo["peak_rss_mb"]}
+    if "start" in lz.files and linfo["config"].get("consensus", {}).get("k", 0) \
+            and linfo["config"]["consensus"].get("when", "start") == "start":
+        rep["methods"]["ablation: classical + consensus, no learning"] = {
+            **metrics(lz["start"], truth),
+            "time_s": cinfo["propagate_s"] + linfo["timings"].get("consensus_s", 0.0)}
     learned = metrics(lz["pts"], truth)
     err = np.linalg.norm(lz["pts"][1:] - truth[1:], axis=-1).ravel()
     conf = lz["conf"][1:].ravel()

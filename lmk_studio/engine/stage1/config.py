@@ -74,9 +74,15 @@ class Stage1Config:
     coarse: PassConfig | None = field(default_factory=PassConfig)
     refine: PassConfig | None = None
     torch_threads: int = 2
+    # transitive consensus: each image's points also reached through its k most similar images
+    # (exemplar -> neighbour -> image), per-coordinate median; 0 = off. "via": the registration
+    # used for the neighbour -> image hop ("classical" flow or the learned "refine" pass);
+    # "when": on the start points ("start") or on the refined points ("final").
+    consensus: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "start": self.start, "torch_threads": self.torch_threads,
+                "consensus": dict(self.consensus),
                 "coarse": self.coarse.to_dict() if self.coarse else None,
                 "refine": self.refine.to_dict() if self.refine else None}
 
@@ -97,7 +103,15 @@ class Stage1Config:
 
         cfg = cls(name=str(d.get("name", "custom")), start=str(d.get("start", "learned")),
                   coarse=sec(d.get("coarse")), refine=sec(d.get("refine")),
-                  torch_threads=int(d.get("torch_threads", 2)))
+                  torch_threads=int(d.get("torch_threads", 2)),
+                  consensus=dict(d.get("consensus") or {}))
+        bad = set(cfg.consensus) - {"k", "via", "when"}
+        if bad:
+            raise LmkError(f"Stage I preset: unknown consensus keys {sorted(bad)}")
+        if cfg.consensus.get("via", "classical") not in ("classical", "refine"):
+            raise LmkError("Stage I preset: consensus 'via' must be classical or refine")
+        if cfg.consensus.get("when", "start") not in ("start", "final"):
+            raise LmkError("Stage I preset: consensus 'when' must be start or final")
         if cfg.start not in ("learned", "classical"):
             raise LmkError(f"Stage I preset: start must be learned or classical, not {cfg.start}")
         if cfg.start == "learned" and cfg.coarse is None:

@@ -5,6 +5,7 @@ the benchmark and the tests share it."""
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,13 @@ import cv2
 import numpy as np
 import torch
 
-from lmk_studio.engine.common import CancelToken, ProgressCallback, ProgressEvent, no_progress
+from lmk_studio.engine.common import (
+    CancelToken,
+    EtaClock,
+    ProgressCallback,
+    ProgressEvent,
+    no_progress,
+)
 
 from .config import PassConfig, Stage1Config
 from .trainer import PassData, PassTrainer, downscale, full_to_small, resize_to, small_to_full
@@ -94,6 +101,55 @@ def _fill_missing_starts(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, pt
     return pts
 
 
+def neighbours(full: list[np.ndarray], ex: int, k: int) -> dict[int, list[int]]:
+    """For every non-exemplar image, its k most similar other non-exemplar images (L2 between
+    contrast-normalised 80x64 thumbnails: the cephalostat / scanner already roughly aligns
+    them, and the choice only has to prefer look-alikes)."""
+    th = np.stack([cv2.resize(im.astype(np.float32), (64, 80), interpolation=cv2.INTER_AREA)
+                   .ravel() for im in full])
+    th = (th - th.mean(1, keepdims=True)) / np.maximum(th.std(1, keepdims=True), 1e-6)
+    d = ((th[:, None] - th[None]) ** 2).sum(-1)
+    d[:, ex] = np.inf
+    np.fill_diagonal(d, np.inf)
+    return {t: [int(x) for x in np.argsort(d[t])[:k] if np.isfinite(d[t, x])]
+            for t in range(len(full)) if t != ex}
+
+
+def transitive_consensus(full: list[np.ndarray], ex: int, pts: np.ndarray, k: int,
+                         hop, progress: ProgressCallback = no_progress,
+                         cancel: CancelToken | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's points = per-coordinate median of the direct estimate and the estimates
+    carried exemplar -> neighbour -> image through its k most similar images (`hop(s, t, p_s,
+    p_t)` registers image s to t). A one-off failure of the direct path is outvoted; the spread
+    of the estimates (median absolute deviation, px) says how much the paths disagree.
+
+    Uses only the exemplar's labels and the unlabelled folder (the paper's pseudo-landmark EMA
+    also pools estimates across the folder)."""
+    m, n = pts.shape[:2]
+    nb = neighbours(full, ex, k)
+    out = pts.copy()
+    spread = np.zeros((m, n))
+    clock = EtaClock(len(nb))
+    for step, (t, srcs) in enumerate(sorted(nb.items()), 1):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        est = [pts[t]]
+        for s_ in srcs:
+            est.append(np.asarray(hop(s_, t, pts[s_], pts[t]), dtype=np.float64))
+        e = np.stack(est)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(e, axis=0)
+            spread[t] = np.nanmedian(np.linalg.norm(e - med, axis=-1), axis=0)
+        ok = np.isfinite(med).all(-1)
+        out[t][ok] = med[ok]
+        progress(ProgressEvent(stage="stage1-consensus", epoch=0, epochs=1, step=step,
+                               steps=len(nb), eta_s=clock.eta(step),
+                               message=f"consensus through {len(srcs)} similar images"))
+    spread[ex] = 0.0
+    return out, np.nan_to_num(spread, nan=0.0)
+
+
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     d = np.sqrt((a * a).sum() * (b * b).sum())
@@ -123,6 +179,22 @@ def confidence(full_small: list[np.ndarray], scale: float, ex: int, ex_pts: np.n
             d = disagreement[k, j] if np.isfinite(disagreement[k, j]) else tol_px
             conf[k, j] = max(0.0, ncc) * float(np.exp(-d / tol_px))
     return conf
+
+
+def _classical_hop(full: list[np.ndarray]):
+    from lmk_studio.engine.classical import classical_propagate
+
+    def hop(s: int, t: int, ps: np.ndarray, _pt: np.ndarray) -> np.ndarray:
+        out = classical_propagate(full[s], ps, full[t])
+        return out[0] if isinstance(out, tuple) else out
+    return hop
+
+
+def _refine_hop(tr: PassTrainer, scale: float):
+    def hop(s: int, t: int, ps: np.ndarray, pt: np.ndarray) -> np.ndarray:
+        q = tr.register_crops(s, (ps + 0.5) / scale - 0.5, t, (pt + 0.5) / scale - 0.5)
+        return (q + 0.5) * scale - 0.5
+    return hop
 
 
 def _pass(cfg: PassConfig, data: PassData, mode: str, seed: int, device, progress, cancel,
@@ -199,8 +271,20 @@ def fit_stage1(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, cfg: Stage1C
             history["coarse"] = tr.history
             models["coarse"] = tr.net
             timings["coarse_s"] = time.monotonic() - t1
+        k_cons = int(cfg.consensus.get("k", 0))
+        when = cfg.consensus.get("when", "start")
+        via = cfg.consensus.get("via", "classical")
+        spread = None
+        if k_cons > 0 and when == "start":
+            t1 = time.monotonic()
+            pts, spread = transitive_consensus(full, ex, pts, k_cons, _classical_hop(full),
+                                               progress, cancel)
+            timings["consensus_s"] = time.monotonic() - t1
+            notes.append(f"start points: median over the direct path and {k_cons} "
+                         "neighbour paths (classical flow)")
         start = pts.copy()
         r = cfg.refine
+        tr_ref = None
         conf_scale = cfg.coarse.scale if cfg.coarse is not None else 4.0
         if r is not None:
             t1 = time.monotonic()
@@ -223,9 +307,24 @@ def fit_stage1(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, cfg: Stage1C
             history["refine"] = tr.history
             models["refine"] = tr.net
             timings["refine_s"] = time.monotonic() - t1
+            tr_ref = tr
+        if k_cons > 0 and when == "final":
+            t1 = time.monotonic()
+            if via == "refine" and tr_ref is not None:
+                hop = _refine_hop(tr_ref, r.scale)
+            else:
+                hop = _classical_hop(full)
+            pts, spread = transitive_consensus(full, ex, pts, k_cons, hop, progress, cancel)
+            pts[ex] = ex_pts
+            timings["consensus_s"] = time.monotonic() - t1
+            notes.append(f"final points: median over the direct path and {k_cons} neighbour "
+                         f"paths ({'learned refinement' if via == 'refine' else 'classical'})")
         dis = np.linalg.norm(steps_final - steps_train, axis=-1)
         small = [downscale(im, conf_scale) for im in full]
         conf = confidence(small, conf_scale, ex, ex_pts, pts, dis, tol_px=2 * conf_scale)
+        if spread is not None:
+            # paths that disagree = a point to review first
+            conf = conf * np.exp(-spread / (4 * conf_scale))
         timings["total_s"] = time.monotonic() - t0
         return Stage1Result(pts, conf, dis, start, timings, [x for x in notes if x], history,
                             models)

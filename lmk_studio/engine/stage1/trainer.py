@@ -268,6 +268,25 @@ class PassTrainer:
         return out, steps
 
     @torch.no_grad()
+    def register_crops(self, src: int, src_pts: np.ndarray, dst: int, dst_start: np.ndarray,
+                       n_local: int | None = None) -> np.ndarray:
+        """Crop mode, any image pair: carry `src_pts` (working px of image `src`) to image `dst`,
+        whose crops are centred on `dst_start`; NaN where either is unknown."""
+        net, cfg, d = self.net, self.cfg, self.data
+        net.eval()
+        out = np.full(src_pts.shape, np.nan)
+        ok = np.isfinite(src_pts).all(-1) & np.isfinite(dst_start).all(-1)
+        if not ok.any():
+            return out
+        c = (cfg.crop - 1) / 2
+        a = crops(d.tensors[src], torch.from_numpy(src_pts[ok]).float(), cfg.crop)
+        b = crops(d.tensors[dst], torch.from_numpy(dst_start[ok]).float(), cfg.crop)
+        p = torch.full((int(ok.sum()), 1, 2), c)
+        r = net(a, b, n_local or cfg.n_local_infer, px_to_norm(p, cfg.crop, cfg.crop))
+        out[ok] = dst_start[ok] + norm_to_px(r["points"][-1], cfg.crop, cfg.crop)[:, 0].numpy() - c
+        return out
+
+    @torch.no_grad()
     def val_loss(self) -> float:
         """Label-free selection score: esim + global of exemplar -> held-out images."""
         ids = self.holdout or [i for i in self.train_ids if i != self.data.exemplar][:4]
