@@ -7,8 +7,10 @@ child process; the window only reacts to its signals, so it never trains or wait
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -361,7 +363,26 @@ class MainWindow(QMainWindow):
                        "images with File ▸ Add images.")
         return True
 
+    def _preload_engine(self) -> None:
+        """Import the stage modules (torch, kornia) in a background thread while the user
+        annotates: starting a job checks its presets with them, and a first import on the GUI
+        thread froze the window for most of a second (measured 0.76-0.92 s)."""
+        if getattr(self, "_preloading", None) is not None:
+            return
+
+        def work() -> None:
+            for name in ("lmk_studio.engine.jobs", "lmk_studio.engine.stage1",
+                         "lmk_studio.engine.stage2"):
+                try:
+                    importlib.import_module(name)
+                except Exception:  # logged; the job start reports it to the user in words
+                    log.exception("could not preload %s", name)
+
+        self._preloading = threading.Thread(target=work, name="lmk-preload", daemon=True)
+        self._preloading.start()
+
     def _set_project(self, proj: Any) -> None:
+        self._preload_engine()
         self._remember_image()
         self.undo_stack.clear()
         self.loader.clear()
