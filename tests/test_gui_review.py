@@ -76,6 +76,8 @@ def test_review_queue_order_keys_accept_and_progress(win, qtbot, demo) -> None:
     assert win.review.items[0] == (ids[1], 3)  # least confident image first, its worst point
     assert win.review.items[n] == (ids[2], 7)  # then the next image's worst
     assert win.image_list.model.status(ids[0]) == "predicted"
+    row = win.image_list.model.index(win.image_list.model.row_of(ids[1]))
+    assert row.data().endswith("predicted · lowest 0.05")
     qtbot.waitUntil(win.isActiveWindow, timeout=3000)
 
     qtbot.keyClick(win, Qt.Key.Key_Space)

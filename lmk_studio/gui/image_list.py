@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lmk_studio.core.points import Status
 from lmk_studio.gui.loader import ThumbnailLoader
 from lmk_studio.gui.state import Document
 
@@ -86,7 +87,13 @@ class ImageModel(QAbstractListModel):
         iid = self.ids[index.row()]
         rec = self.doc.record(iid)
         if role == Qt.ItemDataRole.DisplayRole:
-            return f"{rec.name}\n{self.status(iid)}"
+            st = self.status(iid)
+            if st == "predicted":  # how urgent: the least confident point still to review
+                confs = [p.confidence for p in self.doc.points(iid)
+                         if p.status is Status.PREDICTED and p.confidence is not None]
+                if confs:
+                    st += f" · lowest {min(confs):.2f}"
+            return f"{rec.name}\n{st}"
         if role == Qt.ItemDataRole.DecorationRole:
             pm = self.thumbs.get(iid)
             if pm is None:
