@@ -107,6 +107,16 @@ def test_review_queue_order_keys_accept_and_progress(win, qtbot, demo) -> None:
     assert win.doc.image_status(ids[1]) == "reviewed"
     assert win.doc.review_summary().images_reviewed == 1
     assert all(i != ids[1] for i, _ in win.review.items)
+    win.image_list.search.setFocus()  # Return typed in the filter box accepts nothing
+    qtbot.waitUntil(win.image_list.search.hasFocus, timeout=2000)
+    win.doc.set_image(ids[2])
+    qtbot.keyClick(win.image_list.search, Qt.Key.Key_Return)
+    assert all(q.status is Status.PREDICTED for q in proj.points(ids[2]))
+    win.canvas.view.setFocus()
+    qtbot.keyClick(win, Qt.Key.Key_N)  # names off and on
+    assert not win.canvas.markers[0].label_item.isVisible()
+    qtbot.keyClick(win, Qt.Key.Key_N)
+    assert win.canvas.markers[0].label_item.isVisible()
     win.a_undo.trigger()  # accept-all is one step: the whole image is back to predicted
     pts = proj.points(ids[1])
     assert [q.status for q in pts].count(Status.PREDICTED) == n - 1

@@ -169,6 +169,7 @@ class Canvas(QWidget):
         self.markers: list[LandmarkItem] = []
         self.current = 0
         self.current_placed = False
+        self.labels_visible = True
         self.mode = "place"
         self._cal_points: list[tuple[float, float]] = []
         self._cal_line = pg.PlotDataItem(pen=pg.mkPen("#ffff00", width=2), symbol="+",
@@ -234,6 +235,7 @@ class Canvas(QWidget):
         for m in self.markers:
             self.vb.addItem(m)
             m.setVisible(False)
+            m.label_item.setVisible(self.labels_visible)
 
     def set_points(self, points: list[LandmarkPoint], current: int | None = None) -> None:
         if current is not None:
@@ -258,6 +260,12 @@ class Canvas(QWidget):
             m.setToolTip(describe_point(m.name, p))
             m.label_item.setText(m.name)
             m.setVisible(True)
+
+    def set_labels_visible(self, on: bool) -> None:
+        """Names beside the points (off when they crowd a small anatomy)."""
+        self.labels_visible = bool(on)
+        for m in self.markers:
+            m.label_item.setVisible(self.labels_visible)
 
     def set_current(self, index: int, points: list[LandmarkPoint]) -> None:
         self.set_points(points, current=index)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QByteArray, QRectF, Qt, QTimer
+from PySide6.QtCore import QByteArray, QRectF, Qt, QThreadPool, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QUndoStack
 from PySide6.QtWidgets import (
     QDockWidget,
@@ -211,9 +211,11 @@ class MainWindow(QMainWindow):
                                   None, checkable=True)
         self.a_stage2 = self._act("View", "Show Stage II predictions", self._overlays_toggled,
                                   None, checkable=True)
+        self.a_names = self._act("View", "Show landmark &names", self.canvas.set_labels_visible,
+                                 "N", checkable=True, checked=True)
         self.a_hist = self._act("View", "Show the histogram (window/level)",
                                 self.canvas.hist.setVisible, None, checkable=True, checked=True)
-        for a in (self.a_stage1, self.a_stage2, self.a_hist):
+        for a in (self.a_stage1, self.a_stage2, self.a_names, self.a_hist):
             v.addAction(a)
         v.addSeparator()
         for d in (self.dock_images, self.dock_landmarks, self.dock_review, self.dock_training):
@@ -299,6 +301,9 @@ class MainWindow(QMainWindow):
         if hasattr(self.training, "shutdown") and self.training.is_running():
             self.statusBar().showMessage("Stopping the training before closing…")
             self.training.shutdown(5.0)
+        self.loader.clear()
+        self.image_list.model.loader.clear()
+        QThreadPool.globalInstance().waitForDone(3000)  # no decode may outlive its receivers
         self._remember_image()
         if self.doc.project is not None:
             self.doc.set_project(None)
@@ -694,9 +699,15 @@ class MainWindow(QMainWindow):
         self._push(ClearPoint(self.doc, iid, idx))
         self._after_edit()
 
+    def _typing(self) -> bool:
+        """Return in a text field must not accept a landmark (line edits don't claim it)."""
+        from PySide6.QtWidgets import QAbstractSpinBox, QApplication, QLineEdit, QPlainTextEdit
+
+        return isinstance(QApplication.focusWidget(), QLineEdit | QAbstractSpinBox | QPlainTextEdit)
+
     def accept_point(self) -> None:
         iid = self.doc.image_id
-        if iid is None:
+        if iid is None or self._typing():
             return
         idx = self.doc.landmark
         if self.doc.points()[idx].status is not Status.PREDICTED:
@@ -707,7 +718,7 @@ class MainWindow(QMainWindow):
 
     def accept_image(self) -> None:
         iid = self.doc.image_id
-        if iid is None:
+        if iid is None or self._typing():
             return
         idx = [p.index for p in self.doc.points() if p.status is Status.PREDICTED]
         if idx:
