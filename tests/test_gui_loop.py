@@ -84,6 +84,13 @@ def test_annotate_preview_train_review_correct_export(win, qtbot, tmp_path) -> N
     assert others and all(p.status is Status.PREDICTED and p.source is Source.CLASSICAL
                           for i in others for p in pts[i])
     assert len(win.review.items) == len(others) * n
+    # undoing the last exemplar point and redoing it completes the exemplar again: a new preview
+    win.a_undo.trigger()
+    assert not win.doc.exemplar_complete()
+    with qtbot.waitSignal(tp.finished, timeout=90_000) as again:
+        win.a_redo.trigger()
+    assert win.doc.project.run(again.args[0][-1]).kind == "classical"
+    assert again.args[0][-1] > done.args[0][-1]
 
     # 2. a tiny Stage II training in the background process
     preset = tmp_path / "tiny stage2.json"

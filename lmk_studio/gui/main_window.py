@@ -258,6 +258,8 @@ class MainWindow(QMainWindow):
         d.points_changed.connect(self._points_changed)
         d.images_changed.connect(self._images_changed)
         d.error.connect(lambda title, exc: self._error(title, exc))
+        # undo/redo can complete (or break) the exemplar too: same rule as a click
+        self.undo_stack.indexChanged.connect(lambda _i: self._after_edit())
         self.loader.loaded.connect(self._image_loaded)
         self.loader.failed.connect(self._image_failed)
         self.canvas.place_requested.connect(self.place)
@@ -735,6 +737,8 @@ class MainWindow(QMainWindow):
 
     def _after_edit(self) -> None:
         """Start the instant classical preview when the exemplar has just become complete."""
+        if self.doc.project is None:
+            return
         complete = self.doc.exemplar_complete()
         if complete and not self._exemplar_was_complete and self.auto_preview:
             self.run_preview(auto=True)
