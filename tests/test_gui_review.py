@@ -93,7 +93,10 @@ def test_review_queue_order_keys_accept_and_progress(win, qtbot, demo) -> None:
     qtbot.keyClick(win, Qt.Key.Key_Space, Qt.KeyboardModifier.ShiftModifier)
     assert (win.doc.image_id, win.doc.landmark) == (ids[1], 3)
 
+    tree = win.review.tree
+    assert tree.topLevelItem(0).text(0) == f"{win.doc.record(ids[1]).name} ({n})"
     qtbot.keyClick(win, Qt.Key.Key_Return)  # accept, and on to the next in the same order
+    assert tree.topLevelItem(0).text(0) == f"{win.doc.record(ids[1]).name} ({n - 1})"
     assert proj.points(ids[1])[3].status is Status.ACCEPTED
     assert proj.points(ids[1])[3].confidence == pytest.approx(0.05)  # kept with the point
     assert (win.doc.image_id, win.doc.landmark) == second
@@ -107,6 +110,8 @@ def test_review_queue_order_keys_accept_and_progress(win, qtbot, demo) -> None:
     assert win.doc.image_status(ids[1]) == "reviewed"
     assert win.doc.review_summary().images_reviewed == 1
     assert all(i != ids[1] for i, _ in win.review.items)
+    names = [tree.topLevelItem(r).text(0) for r in range(tree.topLevelItemCount())]
+    assert names == [f"{win.doc.record(i).name} ({n})" for i in (ids[2], ids[0])]
     win.image_list.search.setFocus()  # Return typed in the filter box accepts nothing
     qtbot.waitUntil(win.image_list.search.hasFocus, timeout=2000)
     win.doc.set_image(ids[2])
@@ -121,6 +126,8 @@ def test_review_queue_order_keys_accept_and_progress(win, qtbot, demo) -> None:
     pts = proj.points(ids[1])
     assert [q.status for q in pts].count(Status.PREDICTED) == n - 1
     assert pts[3].status is Status.ACCEPTED
+    assert tree.topLevelItem(0).text(0) == f"{win.doc.record(ids[1]).name} ({n - 1})"  # back
+    assert win.review.items[0][0] == ids[1] and len(win.review.items) == 3 * n - 1
 
 
 def test_wheel_zooms_at_cursor_drag_pans_and_places_nothing(win, qtbot, demo) -> None:

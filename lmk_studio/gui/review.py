@@ -6,6 +6,7 @@ it from the queue, and "next" then continues from the same place in the order.
 
 from __future__ import annotations
 
+import bisect
 import math
 
 from PySide6.QtCore import Qt, Signal
@@ -70,6 +71,9 @@ class ReviewPanel(QWidget):
         self.tree.setColumnWidth(0, 170)
         self.tree.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.tree.itemClicked.connect(self._clicked)
+        self.tree.itemExpanded.connect(self._populate)
+        self._groups: dict[int, list[LandmarkPoint]] = {}
+        self._tops: dict[int, QTreeWidgetItem] = {}
         self.prev_btn = QPushButton("◀ Previous")
         self.next_btn = QPushButton("Next ▶")
         self.accept_btn = QPushButton("Accept point")
@@ -98,7 +102,7 @@ class ReviewPanel(QWidget):
         lay.addLayout(grid)
         lay.addWidget(self.tree, 1)
         doc.project_changed.connect(self.reset_order)
-        doc.points_changed.connect(lambda _i: self.refresh())
+        doc.points_changed.connect(self._points_changed)
         doc.images_changed.connect(self.refresh)
 
     def reset_order(self) -> None:
@@ -114,7 +118,6 @@ class ReviewPanel(QWidget):
             self._last_pos = self.items.index(self.cursor)
         queue = review_queue(self.doc.all_points(), self.doc.exemplar_id) \
             if self.doc.project is not None else []
-        names = self.doc.names()
         by_item = {(iid, p.index): p for iid, pts in queue for p in pts}
         flat = [(iid, p.index) for iid, pts in queue for p in pts]
         if any(it not in self._rank for it in flat):
@@ -127,18 +130,89 @@ class ReviewPanel(QWidget):
             if not grouped or grouped[-1][0] != iid:
                 grouped.append((iid, []))
             grouped[-1][1].append(by_item[(iid, k)])
+        # Children are made when an image is expanded: a big project's queue has tens of
+        # thousands of points, and rebuilding them all after every click would stall the UI.
+        expanded = {self.tree.topLevelItem(i).data(0, Qt.ItemDataRole.UserRole)[0]
+                    for i in range(self.tree.topLevelItemCount())
+                    if self.tree.topLevelItem(i).isExpanded()}
+        if self.cursor is not None:
+            expanded.add(self.cursor[0])
+        self._groups = dict(grouped)
         self.tree.clear()
+        self._tops = {}
+        tops = []
         for iid, pts in grouped:
-            top = QTreeWidgetItem([self.doc.record(iid).name, f"{_conf(pts[0]):.2f}"])
-            top.setData(0, Qt.ItemDataRole.UserRole, (iid, pts[0].index))
-            top.setForeground(1, QBrush(QColor(confidence_color(pts[0].confidence))))
-            for p in pts:
-                c = "?" if _conf(p) < 0 else f"{_conf(p):.2f}"
-                ch = QTreeWidgetItem([names[p.index], c])
-                ch.setData(0, Qt.ItemDataRole.UserRole, (iid, p.index))
-                ch.setForeground(1, QBrush(QColor(confidence_color(p.confidence))))
-                top.addChild(ch)
-            self.tree.addTopLevelItem(top)
+            top = QTreeWidgetItem()
+            self._fill_top(top, iid, pts)
+            tops.append(top)
+            self._tops[iid] = top
+        self.tree.addTopLevelItems(tops)
+        for top in tops:
+            if top.data(0, Qt.ItemDataRole.UserRole)[0] in expanded:
+                top.setExpanded(True)
+        self._update_summary()
+
+    def _fill_top(self, top: QTreeWidgetItem, iid: int, pts: list[LandmarkPoint]) -> None:
+        top.setText(0, f"{self.doc.record(iid).name} ({len(pts)})")
+        worst = min(pts, key=_conf)
+        top.setText(1, f"{_conf(worst):.2f}")
+        top.setData(0, Qt.ItemDataRole.UserRole, (iid, pts[0].index))
+        top.setForeground(1, QBrush(QColor(confidence_color(worst.confidence))))
+        top.setChildIndicatorPolicy(QTreeWidgetItem.ChildIndicatorPolicy.ShowIndicator)
+
+    def _points_changed(self, image_id: int) -> None:
+        if image_id == -1 or not self._rank:
+            self.refresh()
+        else:
+            self.refresh_image(image_id)
+
+    def refresh_image(self, iid: int) -> None:
+        """One image changed (an accept, a drag): update its queue entries and tree row only."""
+        if self.doc.project is None:
+            return
+        try:
+            self.doc.record(iid)
+        except KeyError:  # an image the list no longer has: rebuild from the store
+            self.refresh()
+            return
+        if self.cursor in self.items:
+            self._last_pos = self.items.index(self.cursor)
+        pend = [] if iid == self.doc.exemplar_id else [
+            p for p in self.doc.points(iid) if p.status is Status.PREDICTED and p.placed]
+        new = [(iid, p.index) for p in pend]
+        if any(it not in self._rank for it in new):
+            self.refresh()  # points the order has never seen: order afresh
+            return
+        pend.sort(key=lambda p: self._rank[(iid, p.index)])
+        self.items = [it for it in self.items if it[0] != iid]
+        for it in new:
+            bisect.insort(self.items, it, key=self._rank.__getitem__)
+        top = self._tops.get(iid)
+        if not pend:
+            self._groups.pop(iid, None)
+            if top is not None:
+                self.tree.takeTopLevelItem(self.tree.indexOfTopLevelItem(top))
+                del self._tops[iid]
+        else:
+            self._groups[iid] = pend
+            if top is None:
+                top = QTreeWidgetItem()
+                first = self._rank[(iid, pend[0].index)]
+                pos = sum(1 for j, ps in self._groups.items()
+                          if j != iid and self._rank[(j, ps[0].index)] < first)
+                self._fill_top(top, iid, pend)
+                self.tree.insertTopLevelItem(pos, top)
+                self._tops[iid] = top
+            else:
+                self._fill_top(top, iid, pend)
+                if top.childCount():
+                    was = top.isExpanded()
+                    top.takeChildren()
+                    self._populate(top)
+                    top.setExpanded(was)
+        self._update_summary()
+
+    def _update_summary(self) -> None:
         s = self.doc.review_summary() if self.doc.project is not None else None
         if s is None or s.points_total == 0:
             self.progress_label.setText("Nothing to review yet: predictions appear here after "
@@ -154,6 +228,20 @@ class ReviewPanel(QWidget):
         has = bool(self.items)
         for b in (self.prev_btn, self.next_btn, self.accept_btn, self.accept_all_btn):
             b.setEnabled(has)
+
+    def _populate(self, top: QTreeWidgetItem) -> None:
+        if top.childCount():
+            return
+        iid = top.data(0, Qt.ItemDataRole.UserRole)[0]
+        names = self.doc.names()
+        children = []
+        for p in self._groups.get(iid, []):
+            c = "?" if _conf(p) < 0 else f"{_conf(p):.2f}"
+            ch = QTreeWidgetItem([names[p.index], c])
+            ch.setData(0, Qt.ItemDataRole.UserRole, (iid, p.index))
+            ch.setForeground(1, QBrush(QColor(confidence_color(p.confidence))))
+            children.append(ch)
+        top.addChildren(children)
 
     def _clicked(self, item: QTreeWidgetItem, _col: int) -> None:
         data = item.data(0, Qt.ItemDataRole.UserRole)

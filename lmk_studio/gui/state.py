@@ -63,12 +63,16 @@ class Document(QObject):
         self.landmark: int = 0
         self._points: dict[int, list[LandmarkPoint]] = {}
         self._records: dict[int, Any] = {}
+        self._tally: dict[int, tuple[int, int]] = {}  # image -> (predicted-origin, settled)
+        self._exemplar: int | None | bool = False  # False = not read yet
 
     # ----- project
     def set_project(self, project: Any) -> None:
         old = self.project
         self.project = project
         self._points.clear()
+        self._tally.clear()
+        self._exemplar = False
         self._records = {r.id: r for r in project.images()} if project is not None else {}
         self.image_id = None
         self.landmark = 0
@@ -102,11 +106,18 @@ class Document(QObject):
     def reload_images(self) -> None:
         self._records = {r.id: r for r in self.project.images()} if self.project else {}
         self._points.clear()
+        self._tally.clear()
+        self._exemplar = False
         self.images_changed.emit()
 
     @property
     def exemplar_id(self) -> int | None:
-        return self.project.exemplar_id if self.project is not None else None
+        """Cached: every row of the image list asks; any point change re-reads it."""
+        if self.project is None:
+            return None
+        if self._exemplar is False:
+            self._exemplar = self.project.exemplar_id
+        return self._exemplar  # type: ignore[return-value]
 
     # ----- selection
     def set_image(self, image_id: int | None) -> None:
@@ -148,13 +159,16 @@ class Document(QObject):
 
     def invalidate(self, image_ids: Iterable[int] | int | None = None) -> None:
         """Drop cached points (None = all images, e.g. after a training run) and notify."""
+        self._exemplar = False
         if image_ids is None:
             self._points.clear()
+            self._tally.clear()
             self.points_changed.emit(-1)
             return
         ids = [image_ids] if isinstance(image_ids, int) else list(image_ids)
         for i in ids:
             self._points.pop(i, None)
+            self._tally.pop(i, None)
         for i in ids:
             self.points_changed.emit(i)
 
@@ -184,17 +198,24 @@ class Document(QObject):
         """Images/points that came from a prediction and what share a human has settled."""
         ex = self.exemplar_id
         img_tot = img_done = pt_tot = pt_done = 0
-        for iid, pts in self.all_points().items():
+        if len(self._tally) < len(self._records):
+            self.all_points()
+        for iid in self._records:
             if iid == ex:
                 continue
-            cand = [p for p in pts if p.status is not Status.UNLABELLED]
+            t = self._tally.get(iid)
+            if t is None:
+                pts = self.points(iid)
+                cand = sum(p.status is not Status.UNLABELLED for p in pts)
+                t = (cand, sum(p.status in REVIEWED for p in pts))
+                self._tally[iid] = t
+            cand, done = t
             if not cand:
                 continue
             img_tot += 1
-            done = [p for p in cand if p.status in REVIEWED]
-            pt_tot += len(cand)
-            pt_done += len(done)
-            if len(done) == len(cand):
+            pt_tot += cand
+            pt_done += done
+            if done == cand:
                 img_done += 1
         return ReviewSummary(img_tot, img_done, pt_tot, pt_done)
 
