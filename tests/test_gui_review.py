@@ -202,3 +202,24 @@ def test_recent_project_and_template_change_before_annotation(win, qtbot, tmp_pa
     win.edit_template()
     assert win.doc.names() == ["a", "b renamed", "c"]
     assert "cannot change the template" in (win.last_error or "")
+
+
+def test_use_another_image_as_exemplar_and_undo(win, qtbot, demo) -> None:
+    assert win.open_project(demo)
+    proj = win.doc.project
+    old = win.doc.exemplar_id
+    other = [r.id for r in proj.images() if r.id != old][0]
+    old_pts = proj.points(old)
+    win.doc.set_image(other)
+    wait_shown(qtbot, win, other)
+    win.place(30.0, 40.0)  # a human label on the other image: CORRECTED
+    assert proj.points(other)[0].status is Status.CORRECTED
+    win.a_exemplar.trigger()
+    assert proj.exemplar_id == other and win.doc.exemplar_id == other
+    assert proj.points(other)[0].status is Status.EXEMPLAR
+    assert proj.points(old)[0].status is Status.CORRECTED  # the old one's labels are kept
+    assert win.image_list.model.status(other) == "exemplar"
+    win.a_undo.trigger()
+    assert proj.exemplar_id == old
+    assert proj.points(old) == old_pts
+    assert proj.points(other)[0].status is Status.CORRECTED
