@@ -170,3 +170,22 @@ def test_cmd_demo_writes_and_prints_how_to_open(tmp_path, capsys) -> None:
         commands.cmd_demo(argparse.Namespace(dir=str(tmp_path / "d"), n=3))
     with pytest.raises(LmkError, match="--n"):
         commands.cmd_demo(argparse.Namespace(dir=str(tmp_path / "e"), n=1))
+
+
+def test_failed_demo_leaves_nothing_half_written(tmp_path, monkeypatch) -> None:
+    store = pytest.importorskip("lmk_studio.core.store")
+    pytest.importorskip("lmk_studio.core.images")
+    pytest.importorskip("lmk_studio.core.templates")
+
+    def boom(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.Project, "create", boom)
+    with pytest.raises(OSError):
+        phantoms.write_demo_project(tmp_path / "d", n=3, size=(96, 80))
+    assert not list((tmp_path / "d").rglob("*.*"))          # no PNG, CSV or project left
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "truth.csv").write_text("mine", encoding="utf-8")
+    with pytest.raises(LmkError, match="truth.csv"):
+        phantoms.write_demo_project(tmp_path / "t", n=3)
+    assert (tmp_path / "t" / "truth.csv").read_text(encoding="utf-8") == "mine"

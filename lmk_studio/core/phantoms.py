@@ -388,7 +388,7 @@ def write_demo_project(dir: str | Path, n: int = 24, size: tuple[int, int] = (32
     (its true points), dir/truth.csv with the true points of every image (for `evaluate`).
     Refuses to touch an existing project or images folder so nothing of the user's is lost.
     """
-    from lmk_studio.core.points import Source, Status
+    from lmk_studio.core.points import LandmarkPoint, Source, Status
     from lmk_studio.core.store import Project
 
     if n < 2:
@@ -396,8 +396,11 @@ def write_demo_project(dir: str | Path, n: int = 24, size: tuple[int, int] = (32
     root = Path(dir)
     lmk = root / DEMO_PROJECT_NAME
     images = root / "images"
+    truth = root / "truth.csv"
     if lmk.exists():
         raise LmkError(f"{lmk}: a project already exists there; choose an empty folder")
+    if truth.exists():
+        raise LmkError(f"{truth}: already exists; choose an empty folder for the demo")
     if images.exists() and any(images.iterdir()):
         raise LmkError(f"{images}: folder is not empty; choose an empty folder for the demo")
     try:
@@ -406,24 +409,35 @@ def write_demo_project(dir: str | Path, n: int = 24, size: tuple[int, int] = (32
         raise LmkError(f"{images}: cannot create the folder ({exc.strerror or exc})") from exc
     phs = make_phantom_set(n, size=size, seed=seed)
     names = [f"phantom_{k:03d}.png" for k in range(n)]
-    for name, ph in zip(names, phs, strict=True):
-        p = images / name
-        _atomic_write(p, _png_bytes(ph.image, p))
-    _atomic_write(root / "truth.csv",
-                  truth_csv_text(names, [ph.points for ph in phs]).encode("utf-8"))
-    with Project.create(lmk, phantom_template(), images_dir=images) as proj:
-        recs = {r.name: r for r in proj.images()}
-        if names[0] not in recs:
-            faults = "; ".join(f"{a}: {b}" for a, b in getattr(proj, "last_faults", []))
-            raise LmkError(f"{lmk}: the exemplar image was not added ({faults or 'unknown'})")
-        ex = recs[names[0]]
-        from lmk_studio.core.points import LandmarkPoint
-
-        proj.set_points([(ex.id, LandmarkPoint(j, float(x), float(y), Status.EXEMPLAR,
-                                               Source.MANUAL))
-                         for j, (x, y) in enumerate(phs[0].points)])
-        if proj.exemplar_id != ex.id:
-            proj.set_exemplar(ex.id)
-        proj.set_meta("demo", {"seed": seed, "n": n, "size": list(size),
-                               "truth_csv": "truth.csv", "generator": "lmk_studio.core.phantoms"})
+    written: list[Path] = []
+    try:
+        for name, ph in zip(names, phs, strict=True):
+            p = images / name
+            _atomic_write(p, _png_bytes(ph.image, p))
+            written.append(p)
+        _atomic_write(truth, truth_csv_text(names, [ph.points for ph in phs]).encode("utf-8"))
+        written.append(truth)
+        written.append(lmk)     # from here on the project file is ours too
+        with Project.create(lmk, phantom_template(), images_dir=images) as proj:
+            recs = {r.name: r for r in proj.images()}
+            if names[0] not in recs:
+                faults = "; ".join(f"{a}: {b}" for a, b in getattr(proj, "last_faults", []))
+                raise LmkError(f"{lmk}: the exemplar image was not added ({faults or 'unknown'})")
+            ex = recs[names[0]]
+            proj.set_points([(ex.id, LandmarkPoint(j, float(x), float(y), Status.EXEMPLAR,
+                                                   Source.MANUAL))
+                             for j, (x, y) in enumerate(phs[0].points)])
+            if proj.exemplar_id != ex.id:
+                proj.set_exemplar(ex.id)
+            proj.set_meta("demo", {"seed": seed, "n": n, "size": list(size),
+                                   "truth_csv": "truth.csv",
+                                   "generator": "lmk_studio.core.phantoms"})
+    except BaseException:
+        # leave no half demo behind (only files this call created; nothing of the user's)
+        for f in [*written, Path(str(lmk) + "-wal"), Path(str(lmk) + "-shm")]:
+            try:
+                f.unlink()
+            except OSError:
+                pass
+        raise
     return lmk
