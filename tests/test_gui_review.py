@@ -87,6 +87,8 @@ def test_review_queue_order_keys_accept_and_progress(win, qtbot, demo) -> None:
     centre = win.canvas.vb.viewRect().center()  # zoomed in around the point under review
     assert abs(centre.x() - p.x) < 1 and abs(centre.y() - p.y) < 1
     assert win.canvas.vb.viewRect().width() < 128
+    cur = win.review.tree.currentItem()  # the tree follows: image row open, point selected
+    assert tuple(cur.data(0, Qt.ItemDataRole.UserRole)) == (ids[1], 3)
     qtbot.keyClick(win, Qt.Key.Key_Space)
     second = (win.doc.image_id, win.doc.landmark)
     assert second == win.review.items[1]

@@ -186,6 +186,8 @@ class ImageList(QWidget):
         self.view.setIconSize(QSize(64, 64))
         self.view.setUniformItemSizes(True)
         self.view.setSpacing(2)
+        self.view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.view.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.filter = QComboBox()
         self.filter.addItems(list(FILTERS))
         self.search = QLineEdit()

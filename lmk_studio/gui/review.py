@@ -252,7 +252,21 @@ class ReviewPanel(QWidget):
         self.cursor = (int(item[0]), int(item[1]))
         if self.cursor in self.items:
             self._last_pos = self.items.index(self.cursor)
+        self._show_cursor()
         self.goto.emit(*self.cursor)
+
+    def _show_cursor(self) -> None:
+        """Open the reviewed image's row and highlight the landmark under review."""
+        top = self._tops.get(self.cursor[0]) if self.cursor else None
+        if top is None:
+            return
+        top.setExpanded(True)  # builds its children
+        for r in range(top.childCount()):
+            ch = top.child(r)
+            if tuple(ch.data(0, Qt.ItemDataRole.UserRole)) == self.cursor:
+                self.tree.setCurrentItem(ch)
+                self.tree.scrollToItem(ch)
+                break
 
     def next(self) -> Item | None:
         if not self.items:
