@@ -92,7 +92,7 @@ class ImageModel(QAbstractListModel):
                 confs = [p.confidence for p in self.doc.points(iid)
                          if p.status is Status.PREDICTED and p.confidence is not None]
                 if confs:
-                    st += f" · lowest {min(confs):.2f}"
+                    st += f" {min(confs):.2f}"  # the lowest (tooltip says so)
             return f"{rec.name}\n{st}"
         if role == Qt.ItemDataRole.DecorationRole:
             pm = self.thumbs.get(iid)
@@ -113,6 +113,11 @@ class ImageModel(QAbstractListModel):
                 tip += "\nThe file changed since it was added."
             if iid in self.problems:
                 tip += f"\n{self.problems[iid]}"
+            confs = [p.confidence for p in self.doc.points(iid)
+                     if p.status is Status.PREDICTED and p.confidence is not None]
+            if confs:
+                tip += (f"\n{len(confs)} predicted points to review; lowest confidence "
+                        f"{min(confs):.2f}")
             return tip
         if role == ID_ROLE:
             return iid
@@ -187,7 +192,7 @@ class ImageList(QWidget):
         self.view.setUniformItemSizes(True)
         self.view.setSpacing(2)
         self.view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.view.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.view.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.filter = QComboBox()
         self.filter.addItems(list(FILTERS))
         self.search = QLineEdit()
