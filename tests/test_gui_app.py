@@ -14,7 +14,7 @@ pytest.importorskip("pytestqt")
 pytest.importorskip("lmk_studio.core.store")
 pytest.importorskip("lmk_studio.core.phantoms")
 
-from PySide6.QtCore import QTimer  # noqa: E402
+from PySide6.QtCore import Qt, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 from test_gui_helpers import wait_shown  # noqa: E402
 
@@ -142,6 +142,10 @@ def test_dicom_16bit_window_level_and_mm(win, qtbot, tmp_path) -> None:
     assert f"value {int(px[40, 30])}" in info and "(3.00, 4.00) mm" in info
     c.hist.setLevels(1200.0, 1800.0)  # dragging the histogram's level bars
     assert c.image_item.levels == pytest.approx([1200.0, 1800.0])
+    win.activateWindow()
+    qtbot.waitUntil(win.isActiveWindow, timeout=3000)
+    qtbot.keyClick(win, Qt.Key.Key_R)  # back to the file's window
+    assert c.levels() == pytest.approx((1500.0, 2500.0))
 
 
 def test_image_list_filter_thumbnails_and_stage_overlays(win, qtbot, demo) -> None:

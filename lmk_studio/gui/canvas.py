@@ -165,6 +165,7 @@ class Canvas(QWidget):
         lay.addWidget(self.view, 1)
         lay.addWidget(self.hist)
         self.pixels: np.ndarray | None = None
+        self.default_levels: tuple[float, float] | None = None
         self.spacing: tuple[float, float] | None = None
         self.markers: list[LandmarkItem] = []
         self.current = 0
@@ -190,12 +191,18 @@ class Canvas(QWidget):
         h, w = pixels.shape[:2]
         if levels is None:
             levels = default_levels(pixels)
+        self.default_levels = levels
         self.image_item.setImage(pixels, autoLevels=False, levels=levels)
         self.image_item.setRect(QRectF(-0.5, -0.5, w, h))
         self.hist.setLevels(*levels)
         self.hist.setHistogramRange(float(np.nanmin(pixels)), float(np.nanmax(pixels)))
         if fit:
             self.fit()
+
+    def reset_levels(self) -> None:
+        """Back to the file's window (or the robust range) after playing with the histogram."""
+        if self.pixels is not None and self.default_levels is not None:
+            self.hist.setLevels(*self.default_levels)
 
     def levels(self) -> tuple[float, float]:
         lo, hi = self.hist.getLevels()

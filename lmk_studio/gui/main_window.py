@@ -206,6 +206,7 @@ class MainWindow(QMainWindow):
                               self.canvas.one_to_one, "1"))
         v.addAction(self._act("View", "Zoom &in", lambda: self.canvas.zoom(1.25), ["+", "="]))
         v.addAction(self._act("View", "Zoom &out", lambda: self.canvas.zoom(0.8), "-"))
+        v.addAction(self._act("View", "&Reset window/level", self.canvas.reset_levels, "R"))
         v.addSeparator()
         self.a_stage1 = self._act("View", "Show Stage I predictions", self._overlays_toggled,
                                   None, checkable=True)
