@@ -15,7 +15,12 @@ pytest.importorskip("lmk_studio.core.phantoms")
 from PySide6.QtCore import QPoint, QPointF, Qt  # noqa: E402
 from PySide6.QtGui import QWheelEvent  # noqa: E402
 from PySide6.QtWidgets import QApplication, QDialog  # noqa: E402
-from test_gui_helpers import drag_image, wait_shown  # noqa: E402
+from test_gui_helpers import (  # noqa: E402
+    click_image,
+    drag_image,
+    pixel_tolerance,
+    wait_shown,
+)
 
 from lmk_studio.core.points import LandmarkPoint, Source, Status  # noqa: E402
 
@@ -131,6 +136,18 @@ def test_review_queue_order_keys_accept_and_progress(win, qtbot, demo) -> None:
     assert pts[3].status is Status.ACCEPTED
     assert tree.topLevelItem(0).text(0) == f"{win.doc.record(ids[1]).name} ({n - 1})"  # back
     assert win.review.items[0][0] == ids[1] and len(win.review.items) == 3 * n - 1
+
+    # a click corrects the current predicted landmark in place (CORRECTED); undo restores it
+    win.doc.set_image(ids[2])
+    wait_shown(qtbot, win, ids[2])
+    win.select_landmark(5)
+    old = proj.points(ids[2])[5]
+    click_image(qtbot, win, 70.0, 90.0)
+    new = proj.points(ids[2])[5]
+    assert new.status is Status.CORRECTED
+    assert abs(new.x - 70.0) <= pixel_tolerance(win) and abs(new.y - 90.0) <= pixel_tolerance(win)
+    win.a_undo.trigger()
+    assert proj.points(ids[2])[5] == old
 
 
 def test_wheel_zooms_at_cursor_drag_pans_and_places_nothing(win, qtbot, demo) -> None:
