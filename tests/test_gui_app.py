@@ -92,9 +92,17 @@ def test_settings_and_recent_projects_live_under_the_test_home(win, demo, tmp_pa
     assert win.start.recent.count() >= 1
     assert win.start.recent.item(0).toolTip() == str(demo.resolve())
     win.resize(1111, 777)
+    win.a_stage2.setChecked(True)
+    win.a_names.setChecked(False)
     win.close()
     assert settings.get_value("window/geometry") is not None
     assert settings.settings_path().exists()
+    from lmk_studio.gui.main_window import MainWindow
+
+    again = MainWindow()  # the view choices come back with the next window
+    assert again.a_stage2.isChecked() and not again.a_names.isChecked()
+    assert not again.a_stage1.isChecked() and again.a_hist.isChecked()
+    again.close()
 
 
 def _write_dicom(path, rows=96, cols=80):

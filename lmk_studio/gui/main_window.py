@@ -294,11 +294,21 @@ class MainWindow(QMainWindow):
         if isinstance(g, QByteArray) and not g.isEmpty():
             self.restoreGeometry(g)
         restored = isinstance(s, QByteArray) and not s.isEmpty() and self.restoreState(s)
+        for key, a in self._view_toggles().items():
+            v = settings.get_value(f"view/{key}")
+            if v is not None:  # INI files give "true"/"false" strings back
+                a.setChecked(str(v).lower() in ("true", "1"))
         if not restored:  # first run: the image gets the room, the docks what they need
             self.resizeDocks([self.dock_images, self.dock_landmarks], [210, 360],
                              Qt.Orientation.Horizontal)
 
+    def _view_toggles(self) -> dict[str, QAction]:
+        return {"stage1": self.a_stage1, "stage2": self.a_stage2, "names": self.a_names,
+                "histogram": self.a_hist}
+
     def closeEvent(self, event: QCloseEvent) -> None:
+        for key, a in self._view_toggles().items():
+            settings.set_value(f"view/{key}", a.isChecked())
         settings.set_value("window/geometry", self.saveGeometry())
         settings.set_value("window/state", self.saveState())
         if hasattr(self.training, "shutdown") and self.training.is_running():
