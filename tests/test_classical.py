@@ -26,7 +26,7 @@ def _errors(phs, **kw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_preview_cuts_error_versus_identity() -> None:
     """Measured (160x128): normal seed 0, 8 images: 0.53 vs 6.68 px identity (ratio 0.080);
-    hard seed 1, 6 images: 2.39 vs 12.33 px (ratio 0.194). Asserted: < 0.25 and < 0.4."""
+    hard seed 1, 6 images: 2.35 vs 12.33 px (ratio 0.190). Asserted: < 0.25 and < 0.4."""
     err, ident, conf = _errors(make_phantom_set(8, seed=0))
     assert err.mean() < 0.25 * ident.mean(), (err.mean(), ident.mean())
     assert conf.shape == err.shape and np.all((conf >= 0) & (conf <= 1))
@@ -64,7 +64,7 @@ def test_different_image_sizes_and_missing_points() -> None:
     ok = np.arange(len(pts)) != 4
     err = np.linalg.norm(pts[ok] - truth[ok], axis=1).mean()
     ident = np.linalg.norm(ex.points[ok] - truth[ok], axis=1).mean()
-    assert err < 0.1 * ident, (err, ident)              # measured 0.8 vs 33 px
+    assert err < 0.1 * ident, (err, ident)              # measured 0.66 vs 33 px
 
 
 def test_bad_input_is_refused_with_a_message() -> None:

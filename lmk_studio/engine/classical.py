@@ -11,7 +11,8 @@ Pipeline for one target image (OpenCV + numpy only):
    copies. Intensity alignment is used rather than keypoints + RANSAC, whose inliers gather on
    rigid hardware (a cephalostat's ruler) instead of anatomy;
 3. local step: DIS optical flow (cv2.DISOpticalFlow) from the exemplar to the affinely aligned
-   target, and back; each landmark is carried by the forward flow sampled at its position;
+   target, and back; each landmark is carried by the mean of the forward flow sampled at its
+   position and the inverted backward flow;
 4. confidence in [0, 1] per landmark from forward-backward consistency of the flow at the point
    and the normalised cross-correlation between the exemplar patch and the flow-aligned target
    patch around it.
@@ -50,6 +51,7 @@ class ClassicalParams:
     clahe: float = 2.0            # CLAHE clip limit (0 = plain min-max)
     ncc_radius: float = 0.025     # NCC patch half-size, fraction of the work long side
     fb_scale: float = 0.01        # forward-backward error (fraction of long side) at conf e^-1
+    symmetric: bool = True        # average the forward estimate with the inverted backward one
 
 
 DEFAULT = ClassicalParams()
@@ -219,6 +221,13 @@ def classical_propagate(ex_img: np.ndarray, ex_pts: np.ndarray, img: np.ndarray,
     q = pw + _sample(fwd, pw)                     # in the aligned-target frame
     back = q + _sample(bwd, q)
     fb = np.linalg.norm(back - pw, axis=1)         # work px
+    if p.symmetric:
+        # second estimate from the backward flow: solve qb + bwd(qb) = pw by fixed point, then
+        # average the two (halves the flow noise that is independent between the directions)
+        qb = q.copy()
+        for _ in range(10):
+            qb = pw - _sample(bwd, qb)
+        q = 0.5 * (q + qb)
     out_w = _apply(m, q)                           # target work coordinates
     out = (out_w + 0.5) / ft - 0.5                 # target full coordinates
 
