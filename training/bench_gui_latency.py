@@ -97,7 +97,10 @@ def main() -> int:
     ap.add_argument("--idle-s", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads of the training (default: all cores but one)")
-    ap.add_argument("--skip", default="", help="comma list of scenarios to skip: b0,qthread")
+    ap.add_argument("--extra-threads", type=int, default=None,
+                    help="also run (b) with this many torch threads (scenario process_tN)")
+    ap.add_argument("--skip", default="",
+                    help="comma list of scenarios to skip: b0, cancel, qthread")
     ap.add_argument("--out", default=str(REPO / "training" / "reports" / "gui_latency"))
     args = ap.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -204,7 +207,7 @@ def main() -> int:
     print("   ", results["scenarios"]["idle"], flush=True)
 
     # (b) background process via the panel ------------------------------------------------------
-    def via_process(tag: str, nice: int) -> None:
+    def via_process(tag: str, nice: int, n_threads: int) -> None:
         lmk = demo(tag)
         panel.set_project(lmk)
         state: dict = {"done": False, "steps": []}
@@ -225,7 +228,7 @@ def main() -> int:
         t_start = time.monotonic()
         t_call = time.perf_counter()
         ok = panel.start_spec({"project": str(lmk), "job": args.job, "preset": args.preset,
-                               "device": "cpu", "nice": nice, "torch_threads": threads})
+                               "device": "cpu", "nice": nice, "torch_threads": n_threads})
         start_call_ms = (time.perf_counter() - t_call) * 1000
         if not ok:
             raise SystemExit(f"could not start the job: {panel.step_label.text()}")
@@ -240,17 +243,66 @@ def main() -> int:
             raise SystemExit(f"{tag}: the job ended as {final.get('type')}: "
                              f"{final.get('message')}")
         summ = _summary(lat, wall, gaps)
-        summ.update({"child_nice": nice, "start_call_ms": round(start_call_ms, 2),
+        summ.update({"child_nice": nice, "torch_threads": n_threads,
+                     "start_call_ms": round(start_call_ms, 2),
                      "steps_received_at_s": state["steps"],
                      "runs": run_times(lmk, final.get("run_ids", []))})
         results["scenarios"][tag] = summ
         print("   ", summ, flush=True)
 
     print(f"(b) {args.job} {args.preset} in the background process (nice 5)", flush=True)
-    via_process("process", 5)
+    via_process("process", 5, threads)
     if "b0" not in skip:
         print(f"(b0) {args.job} {args.preset} in the background process (nice 0)", flush=True)
-        via_process("process_nice0", 0)
+        via_process("process_nice0", 0, threads)
+    if args.extra_threads:
+        k = args.extra_threads
+        print(f"(b{k}) {args.job} {args.preset} in the background process, {k} threads",
+              flush=True)
+        via_process(f"process_t{k}", 5, k)
+
+    # (d) cancel latency: Cancel pressed 3 s into Stage I training, then (Resume) into Stage II
+    if "cancel" not in skip:
+        print("(d) cancel latency during Stage I and Stage II training", flush=True)
+        lmk = demo("cancel")
+        panel.set_project(lmk)
+        cancels = []
+        for stage, resume in (("stage1", False), ("stage2", True)):
+            st: dict = {"t_loss": None, "done": False}
+
+            def on_prog(ev, stage=stage, st=st) -> None:
+                if ev.stage.startswith(stage) and ev.losses and st["t_loss"] is None:
+                    st["t_loss"] = time.monotonic()
+
+            def on_end(*a, st=st) -> None:
+                st["done"] = True
+
+            panel.progress.connect(on_prog)
+            for sig in (panel.finished, panel.failed, panel.cancelled):
+                sig.connect(on_end)
+            if not panel.start("all", preset=args.preset, device="cpu", resume=resume):
+                raise SystemExit(f"could not start: {panel.step_label.text()}")
+            run_loop_until(lambda st=st: st["t_loss"] is not None and
+                           time.monotonic() - st["t_loss"] > 3.0 or st["done"], 600)
+            t_cancel = time.monotonic()
+            pid = panel.bridge.process.pid
+            panel.cancel()
+            run_loop_until(lambda st=st: st["done"], 60)
+            took = time.monotonic() - t_cancel
+            final = panel.bridge.last_final or {}
+            panel.progress.disconnect(on_prog)
+            for sig in (panel.finished, panel.failed, panel.cancelled):
+                sig.disconnect(on_end)
+            import psutil
+
+            alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+            with Project.open(lmk) as p:
+                statuses = {f"{r.kind} (run {r.id})": r.status for r in p.runs()}
+            cancels.append({"during": stage, "resume": resume, "result": final.get("type"),
+                            "forced": final.get("forced"), "cancel_to_end_s": round(took, 2),
+                            "child_alive_after": alive, "run_statuses": statuses})
+            print("   ", cancels[-1], flush=True)
+        results["cancel"] = cancels
 
     # (c) baseline: the same training on a QThread of the GUI process -----------------------------
     if "qthread" not in skip:
@@ -304,6 +356,10 @@ def _markdown(r: dict) -> str:
     names = {"idle": "(a) idle", "process": "(b) training in the background process (nice 5)",
              "process_nice0": "(b0) background process, normal priority (nice 0)",
              "qthread": "(c) same training on a QThread in the GUI process"}
+    for key, s in r["scenarios"].items():
+        if key.startswith("process_t"):
+            names[key] = (f"(b{key[9:]}) background process, {s['torch_threads']} torch "
+                          "threads (nice 5)")
     lines = [
         "# GUI event-loop latency during CPU training",
         "",
@@ -316,9 +372,10 @@ def _markdown(r: dict) -> str:
         "",
         f"Training: `run_job(demo, {r['job']!r}, preset={r['preset']!r}, device='cpu')` on the "
         f"{r['n_images']}-image phantom demo project (classical preview, Stage I, Stage II); "
-        f"{r['torch_threads']} torch thread(s) in the trainer. Probe: a "
-        f"{TICK_MS:.0f} ms single-shot QTimer chain; latency = when the tick ran minus when it "
-        "was due. The TrainingPanel is shown and updates its progress bar, loss curves and log "
+        f"{r['torch_threads']} torch thread(s) in the trainer (all cores but one) unless a row "
+        f"says otherwise. Probe: a {TICK_MS:.0f} ms single-shot QTimer chain; latency = when "
+        "the tick ran minus when it was due. The TrainingPanel is shown and updates its "
+        "progress bar, loss curves and log "
         "tail from the training's events in every scenario.",
         "",
         "| scenario | ticks | wall s | p50 ms | p99 ms | max ms | ticks > 50 ms | late gaps: "
@@ -344,6 +401,16 @@ def _markdown(r: dict) -> str:
                      f"Target p99 < 50 ms for (b): "
                      f"{'met' if b['p99_ms'] < 50 else 'NOT met'}.")
         lines.append("")
+        notes = []
+        for key in ("process", "qthread"):
+            g = sc[key].get("late_gaps")
+            if g and g["total_ms"] > 0:
+                notes.append(f"{names[key]}: of {g['total_ms']:.0f} ms in late gaps, "
+                             f"{100 * g['gui_waiting_for_cpu_ms'] / g['total_ms']:.0f}% was the "
+                             f"GUI thread waiting for a core, "
+                             f"{100 * g['gui_on_cpu_ms'] / g['total_ms']:.0f}% running, "
+                             f"{100 * g['other_ms'] / g['total_ms']:.0f}% sleeping/blocked.")
+        lines += [f"- {n}" for n in notes] + [""]
     lines += ["## Wall time of the demo training per step", "",
               "From the project store's run start/finish times (the child's process start and "
               "torch import are outside the runs; `total` is the wall time from Start to the "
@@ -355,6 +422,20 @@ def _markdown(r: dict) -> str:
         if "runs" in s:
             lines.append(f"| {key} | total (Start → finished) | | {s['wall_s']} |")
     lines.append("")
+    if r.get("cancel"):
+        lines += ["## Cancel", "",
+                  "Cancel pressed 3 s after the first loss event of the stage (on the panel, as a "
+                  "user would); time until the panel's `cancelled` signal, which comes only after "
+                  "the child has exited. `forced` = the child had to be terminated after the 2 s "
+                  "grace.", "",
+                  "| during | resumed run | result | cancel → child gone (s) | forced | child "
+                  "alive after | run statuses in the project |", "|---|---|---|---:|---|---|---|"]
+        for c in r["cancel"]:
+            runs = ", ".join(f"{k}: {v}" for k, v in c["run_statuses"].items())
+            lines.append(f"| {c['during']} | {c['resume']} | {c['result']} | "
+                         f"{c['cancel_to_end_s']} | {c['forced']} | {c['child_alive_after']} | "
+                         f"{runs} |")
+        lines.append("")
     if "process" in sc:
         lines.append(f"Spawning the child (TrainingPanel.start_spec) took "
                      f"{sc['process']['start_call_ms']} ms of GUI time.")
