@@ -178,9 +178,15 @@ def child_stage1(out: Path, preset: str, override: dict, seed: int, start: Path)
     start_pts = z["pts"]
     steps: dict[str, list[float]] = {}
 
+    last = [0.0]
+
     def progress(ev) -> None:
         if ev.losses:
             steps.setdefault(ev.stage, []).append(time.monotonic())
+        if time.monotonic() - last[0] > 60:          # a heartbeat in the log
+            last[0] = time.monotonic()
+            print(f"[stage1 child] {ev.stage} epoch {ev.epoch + 1}/{ev.epochs} step "
+                  f"{ev.step}/{ev.steps} {ev.message}", file=sys.stderr, flush=True)
 
     seed_everything(seed)
     t1 = time.monotonic()

@@ -54,10 +54,10 @@ def load_truth() -> np.ndarray:
     try:
         from lmk_studio.core.formats import hamedan_truth
 
-        names = [f"l{i}" for i in range(1, N_LM + 1)]
-        truth, _faults = hamedan_truth(DATA, names)
-        return np.array([truth[f"{i:03d}"] for i in range(1, 121)], dtype=np.float64)
-    except ImportError:
+        truth = np.asarray(hamedan_truth(DATA)[1], dtype=np.float64)
+        if truth.shape == (120, N_LM, 2):
+            return truth
+    except (ImportError, TypeError, ValueError, IndexError):
         pass
     gts = []
     for i in range(1, 121):
@@ -119,15 +119,15 @@ def start_points(kind: str) -> tuple[np.ndarray, dict]:
         np.savez(path, pts=pts, info=json.dumps({"time_s": time.monotonic() - t0,
                                                  "source": info_src}))
         return pts, {"time_s": time.monotonic() - t0, "source": info_src}
-    else:
-        try:
-            from lmk_studio.engine import stage1  # noqa: F401
-        except ImportError as exc:
-            raise RuntimeError(f"engine.stage1 not importable ({exc})") from exc
-        raise RuntimeError("engine.stage1 exists but the benchmark has no adapter for it yet")
-    info = {"time_s": time.monotonic() - t0}
-    np.savez(path, pts=pts, info=json.dumps(info))
-    return pts, info
+    # Stage I: the learned result of training/bench_stage1.py (same protocol, same truth/exemplar)
+    s1 = CACHE / "stage1_learned_cpu.npz"
+    if not s1.exists():
+        raise RuntimeError("no Stage I result yet: run training/bench_stage1.py --preset cpu")
+    z = np.load(s1, allow_pickle=True)
+    info1 = json.loads(str(z["info"]))
+    info = {"time_s": info1.get("fit_s"), "source": f"engine.stage1 ({info1['config']['name']} "
+            "preset, from training/bench_stage1.py)"}
+    return z["pts"], info
 
 
 def _standin_propagate(ex: np.ndarray, ex_pts: np.ndarray, target: np.ndarray) -> np.ndarray:
