@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -219,3 +220,32 @@ def test_unknown_job_is_refused_before_spawning(tmp_path) -> None:
     with pytest.raises(LmkError, match="unknown job 'stage3'"):
         jp.start({"job": "stage3", "project": str(tmp_path / "p.lmk")})
     assert not jp.is_running() and jp.pid is None
+
+
+def test_interpreter_exit_cancels_a_live_job(tmp_path) -> None:
+    """An app that exits without shutdown() still stops its job cleanly (atexit, before
+    multiprocessing would SIGTERM the daemon child mid-step)."""
+    import subprocess
+    import textwrap
+
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from lmk_studio.engine.process import JobProcess
+
+        if __name__ == "__main__":
+            jp = JobProcess()
+            jp.start({{"job": "hook_cooperative", "target": "test_process:hook_cooperative",
+                      "torch_threads": 1, "nice": 0, "log_path": {str(tmp_path / "c.log")!r}}})
+            while not any(e["type"] == "progress" for e in jp.poll_events()):
+                time.sleep(0.05)
+            print(jp.pid, flush=True)
+    """), encoding="utf-8")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.split()[0])
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    log_text = (tmp_path / "c.log").read_text(encoding="utf-8")
+    assert "cancelled" in log_text  # the child stopped through its token, not a SIGTERM

@@ -26,6 +26,7 @@ import faulthandler
 import importlib
 import logging
 import multiprocessing as mp
+import multiprocessing.util  # noqa: F401 - registers its atexit now, so ours (later) runs first
 import os
 import queue
 import signal
