@@ -67,6 +67,13 @@ def hook_exit3(project, job, **_kw):
     os._exit(3)
 
 
+def hook_segfault(project, job, **_kw):
+    """A fault in native code, as a broken driver or library would cause."""
+    import ctypes
+
+    ctypes.string_at(0)
+
+
 def hook_memory(project, job, **_kw):
     raise MemoryError("simulated: 12 GiB requested")
 
@@ -174,6 +181,18 @@ def test_crash_reports_exit_code_and_last_log_lines(tmp_path) -> None:
     assert final["exitcode"] == 3
     assert "exit code 3" in final["message"] and "about to die" in final["message"]
     assert final["log_path"] == str(tmp_path / "hook_exit3.log")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_segfault_is_reported_with_the_native_traceback(tmp_path) -> None:
+    jp = JobProcess()
+    jp.start(_spec(tmp_path, ":hook_segfault"))
+    final = jp.wait(timeout=30)
+    assert final["type"] == "crashed" and final["exitcode"] == -signal.SIGSEGV
+    assert "SIGSEGV" in final["message"]
+    # faulthandler wrote the Python stack of the crash into the job log
+    log_text = (tmp_path / "hook_segfault.log").read_text(encoding="utf-8", errors="replace")
+    assert "Segmentation fault" in log_text and "hook_segfault" in log_text
 
 
 def test_failures_are_reported_in_words(tmp_path) -> None:
