@@ -69,15 +69,20 @@ def _check(img: Any, what: str) -> np.ndarray:
     return a
 
 
-def _resize(img: np.ndarray, long_px: int) -> tuple[np.ndarray, float]:
-    """Resize so the long side is at most long_px; returns (image, factor work/full)."""
+def _resize(img: np.ndarray, long_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize so the long side is at most long_px; returns (image, factors (fx, fy) work/full)."""
     h, w = img.shape
     f = min(1.0, long_px / max(h, w))
     if f >= 1.0:
-        return img, 1.0
+        return img, np.ones(2)
     size = (max(8, round(w * f)), max(8, round(h * f)))
     out = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-    return out, size[0] / w   # exact x factor (y differs by < 1 px over the image)
+    return out, np.array([size[0] / w, size[1] / h])
+
+
+def _smat(f: np.ndarray) -> np.ndarray:
+    """3x3 full -> work map for factors (fx, fy), pixel-centre convention."""
+    return np.array([[f[0], 0, 0.5 * f[0] - 0.5], [0, f[1], 0.5 * f[1] - 0.5], [0, 0, 1.0]])
 
 
 def _to_u8(img: np.ndarray, clahe: float) -> np.ndarray:
@@ -89,7 +94,7 @@ def _to_u8(img: np.ndarray, clahe: float) -> np.ndarray:
     return u8
 
 
-def _scale_pts(p: np.ndarray, f: float) -> np.ndarray:
+def _scale_pts(p: np.ndarray, f: np.ndarray) -> np.ndarray:
     """Full -> work coordinates for factor f (pixel-centre convention)."""
     return (p + 0.5) * f - 0.5
 
@@ -124,8 +129,7 @@ def ecc_affine(ex_u8: np.ndarray, tg_u8: np.ndarray, levels: Sequence[int]) -> t
         a, fa = _resize(ex_u8.astype(np.float32) / 255.0, lp)
         b, fb = _resize(tg_u8.astype(np.float32) / 255.0, lp)
         # work -> level coordinates: x_l = (x + 0.5) f - 0.5
-        sa = np.array([[fa, 0, 0.5 * fa - 0.5], [0, fa, 0.5 * fa - 0.5], [0, 0, 1]])
-        sb = np.array([[fb, 0, 0.5 * fb - 0.5], [0, fb, 0.5 * fb - 0.5], [0, 0, 1]])
+        sa, sb = _smat(fa), _smat(fb)
         init = (sb @ m @ np.linalg.inv(sa))[:2].astype(np.float32)
         if b.shape != a.shape:   # ECC needs equal sizes: pad/crop the target to the exemplar's
             pad = np.zeros_like(a)
@@ -155,9 +159,7 @@ def ecc_global(ex_img: np.ndarray, img: np.ndarray,
     exu, tgu = _to_u8(exw, params.clahe), _to_u8(tgw, params.clahe)
     m, cc = ecc_affine(exu, tgu, [lv for lv in params.ecc_px if lv <= max(exu.shape)] or
                        [max(exu.shape)])
-    se = np.array([[fe, 0, 0.5 * fe - 0.5], [0, fe, 0.5 * fe - 0.5], [0, 0, 1]])
-    st = np.array([[ft, 0, 0.5 * ft - 0.5], [0, ft, 0.5 * ft - 0.5], [0, 0, 1]])
-    return np.linalg.inv(st) @ m @ se, cc
+    return np.linalg.inv(_smat(ft)) @ m @ _smat(fe), cc
 
 
 # ---- the preview -------------------------------------------------------------------------------
@@ -250,8 +252,6 @@ def classical_propagate(ex_img: np.ndarray, ex_pts: np.ndarray, img: np.ndarray,
                "timing_s": {"global": t1 - t0, "flow": t2 - t1,
                             "total": time.perf_counter() - t0}}
     return out, conf, details
-
-
 
 
 # ---- store job ---------------------------------------------------------------------------------
