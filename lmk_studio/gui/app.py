@@ -19,6 +19,9 @@ def make_app():
 
     pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    from lmk_studio.gui.job_bridge import guard_pyside_refcounts
+
+    guard_pyside_refcounts()  # before the first widget: a leaky PySide6 must not kill us
     app.setOrganizationName(ORG)
     app.setApplicationName(APP)
     from PySide6.QtGui import QIcon
