@@ -157,3 +157,24 @@ def test_run_classical_job_needs_an_exemplar(tmp_path) -> None:
     with store.Project.create(tmp_path / "p.lmk", phantom_template(), images_dir=imgs) as p:
         with pytest.raises(LmkError, match="exemplar"):
             run_classical_job(p)
+
+
+def test_run_classical_job_reports_an_unreadable_image_and_does_the_rest(tmp_path) -> None:
+    store = pytest.importorskip("lmk_studio.core.store")
+    pytest.importorskip("lmk_studio.core.images")
+    pytest.importorskip("lmk_studio.core.templates")
+    from lmk_studio.core.phantoms import write_demo_project
+    from lmk_studio.core.points import Status
+    from lmk_studio.engine.classical import run_classical_job
+
+    lmk = write_demo_project(tmp_path / "d", n=4, size=(96, 80), seed=1)
+    bad = tmp_path / "d" / "images" / "phantom_002.png"
+    bad.write_bytes(b"not a png at all")                 # corrupted after the project was made
+    run_id = run_classical_job(lmk)
+    with store.Project.open(lmk) as p:
+        run = p.run(run_id)
+        assert run.status == "finished" and run.metrics["images"] == 2
+        assert len(run.metrics["faults"]) == 1 and "phantom_002.png" in run.metrics["faults"][0]
+        for r in p.images():
+            placed = [q for q in p.points(r.id) if q.status is Status.PREDICTED]
+            assert len(placed) == (0 if r.name in ("phantom_000.png", "phantom_002.png") else 12)
