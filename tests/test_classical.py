@@ -73,6 +73,14 @@ def test_bad_input_is_refused_with_a_message() -> None:
         classical_propagate(ph.image, ph.points, np.zeros((10, 10, 3), np.float32))
     with pytest.raises(LmkError, match="exemplar image"):
         classical_propagate(np.zeros(5, np.float32), ph.points, ph.image)
+    with pytest.raises(LmkError, match="16x16"):
+        classical_propagate(ph.image, ph.points, np.zeros((8, 8), np.float32))
+    rng = np.random.default_rng(0)
+    for shape in ((16, 300), (300, 16), (16, 2000)):     # degenerate strips: finite, in frame
+        a, b = rng.random(shape, np.float32), rng.random(shape, np.float32)
+        pts, conf = classical_propagate(a, np.array([[3.0, 3.0], [shape[1] - 2, shape[0] - 2]]), b)
+        assert np.isfinite(pts).all() and np.isfinite(conf).all()
+        assert np.all(pts >= -0.5) and np.all(pts <= [shape[1] - 0.5, shape[0] - 0.5])
     flat = np.zeros_like(ph.image)                       # a blank image: no crash, low conf
     pts, conf = classical_propagate(ph.image, ph.points, flat)
     assert pts.shape == ph.points.shape and np.all(conf <= 0.2)    # measured: all 0.0

@@ -60,8 +60,8 @@ DEFAULT = ClassicalParams()
 # ---- image helpers -----------------------------------------------------------------------------
 def _check(img: Any, what: str) -> np.ndarray:
     a = np.asarray(img)
-    if a.ndim != 2 or a.shape[0] < 8 or a.shape[1] < 8:
-        raise LmkError(f"classical preview: {what} must be a 2-D grey image of at least 8x8 "
+    if a.ndim != 2 or a.shape[0] < 16 or a.shape[1] < 16:
+        raise LmkError(f"classical preview: {what} must be a 2-D grey image of at least 16x16 "
                        f"pixels, got shape {a.shape}")
     a = a.astype(np.float32, copy=False)
     if not np.isfinite(a).all():
@@ -72,10 +72,11 @@ def _check(img: Any, what: str) -> np.ndarray:
 def _resize(img: np.ndarray, long_px: int) -> tuple[np.ndarray, np.ndarray]:
     """Resize so the long side is at most long_px; returns (image, factors (fx, fy) work/full)."""
     h, w = img.shape
-    f = min(1.0, long_px / max(h, w))
+    # keep the short side >= 16 px (DIS needs 12+ at its coarsest level) for very thin images
+    f = min(1.0, max(long_px / max(h, w), 16.0 / min(h, w)))
     if f >= 1.0:
         return img, np.ones(2)
-    size = (max(8, round(w * f)), max(8, round(h * f)))
+    size = (max(16, round(w * f)), max(16, round(h * f)))
     out = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     return out, np.array([size[0] / w, size[1] / h])
 
@@ -242,9 +243,16 @@ def classical_propagate(ex_img: np.ndarray, ex_pts: np.ndarray, img: np.ndarray,
     ncc = np.array([_ncc(_patch(exf, c, r), _patch(aligned, c, r)) for c in pw])
     fb_tol = max(0.5, p.fb_scale * max(h, w))
     conf = np.clip(ncc, 0.0, 1.0) * np.exp(-fb / fb_tol)
+    bad = ok & ~(np.isfinite(out).all(axis=1) & np.isfinite(conf))
+    if bad.any():   # flow undefined there (degenerate image): the global step alone, conf 0
+        out[bad] = (_apply(m, pw[bad]) + 0.5) / ft - 0.5
+        conf[bad] = 0.0
+    th, tw = tg.shape
+    out[:, 0] = np.clip(out[:, 0], -0.5, tw - 0.5)    # never outside the target image
+    out[:, 1] = np.clip(out[:, 1], -0.5, th - 0.5)
     out[~ok] = np.nan
     conf[~ok] = 0.0
-    conf = np.clip(conf, 0.0, 1.0)
+    conf = np.clip(np.nan_to_num(conf, nan=0.0), 0.0, 1.0)
     if not return_details:
         return out, conf
     details = {"affine_work": m, "ecc_cc": cc, "fb_work_px": fb, "ncc": ncc,
