@@ -44,7 +44,7 @@ def test_images_and_points_are_well_formed() -> None:
 
 def test_landmarks_sit_on_edges() -> None:
     """Gradient magnitude at every landmark is well above the image median (measured min ratio
-    3.5 over seeds 0-2, 8 images each, normal difficulty at 160x128; asserted > 1.5)."""
+    2.59 over seeds 0-2, 8 images each, normal difficulty at 160x128; asserted > 1.5)."""
     for seed in range(3):
         for ph in make_phantom_set(8, seed=seed):
             g = _grad(ph.image)
@@ -103,7 +103,7 @@ def test_repeated_structures_defeat_purely_local_matching() -> None:
     ncc = cv2.matchTemplate(strip, tpl, cv2.TM_CCOEFF_NORMED)[0]
     peaks = [i for i in range(1, len(ncc) - 1)
              if ncc[i] >= ncc[i - 1] and ncc[i] >= ncc[i + 1] and ncc[i] > 0.8]
-    assert len(peaks) >= 3, ncc.round(2)
+    assert len(peaks) >= 3, ncc.round(2)     # measured: 5 peaks (NCC 0.96 ... 0.86), ~15 px apart
 
 
 def test_phantom_template() -> None:
