@@ -240,7 +240,8 @@ def _random_affine(rng: np.random.Generator, size: tuple[int, int], g: float) ->
 
 
 def _elastic(rng: np.random.Generator, size: tuple[int, int], g: float) -> tuple[np.ndarray, ...]:
-    """Smooth displacement field (dx, dy) on the output grid, std ~2 % of the short side * g."""
+    """Smooth displacement field (dx, dy) on the output grid: a 5x4 grid of N(0, 1) values times
+    2 % of the short side * g, upsampled by cubic interpolation."""
     h, w = size
     amp = 0.02 * min(h, w) * g
     out = []
