@@ -106,6 +106,7 @@ class PassTrainer:
         self.holdout = sorted(hold)
         self.train_ids = [i for i in range(m) if i not in hold]
         self.ema = data.points.copy()
+        self.start = data.points.copy()     # the points prediction starts from (crop mode)
         self.ema_started = False
         self.epoch = 0
         self.best_val = float("inf")
@@ -293,10 +294,31 @@ class PassTrainer:
         if not ids:
             return 0.0
         self.net.eval()
+        if self.mode == "crop":
+            return self._crop_val(list(ids))
         a = [self.data.exemplar] * len(ids)
         src, dst, pts, given = self._make_pairs(a, list(ids), jitter=False)
         parts = self._losses(src, dst, pts, given, 1.0, None, self.cfg.n_local_train)
         return float(parts["esim"] + parts["global"])
+
+    def _crop_val(self, ids: list[int]) -> float:
+        """Crop mode: exemplar crop at each label -> held-out crop at its start point, every
+        (image, landmark), no random draws (the score must not move with the RNG stream), at the
+        inference depth: the same question the prediction answers, scored without labels."""
+        cfg, d, ex = self.cfg, self.data, self.data.exemplar
+        c = (cfg.crop - 1) / 2
+        tot, cnt = 0.0, 0
+        for t in ids:
+            ok = np.isfinite(d.points[ex]).all(-1) & np.isfinite(self.start[t]).all(-1)
+            if not ok.any():
+                continue
+            src = crops(d.tensors[ex], torch.from_numpy(d.points[ex][ok]).float(), cfg.crop)
+            dst = crops(d.tensors[t], torch.from_numpy(self.start[t][ok]).float(), cfg.crop)
+            pts = torch.full((int(ok.sum()), 1, 2), c)
+            parts = self._losses(src, dst, pts, None, 1.0, None, cfg.n_local_infer)
+            tot += float(parts["esim"]) * int(ok.sum())
+            cnt += int(ok.sum())
+        return tot / max(1, cnt)
 
     def update_ema(self) -> None:
         """Eq. 4: EMA of the pseudo-landmarks of every non-exemplar image."""
@@ -352,6 +374,13 @@ class PassTrainer:
         clock = EtaClock(max(1, total - self.epoch * cfg.steps_per_epoch))
         done0 = self.epoch * cfg.steps_per_epoch
         t0 = time.monotonic()
+        if self.epoch == 0 and self.best_state is None and cfg.epochs > 0:
+            # the untrained pass (identity flows) is a candidate too: if training does not
+            # lower the held-out label-free loss, the pass leaves its start points alone
+            v = self.val_loss()
+            self.best_val = v
+            self.best_state = copy.deepcopy(self.net.state_dict())
+            self.history.append({"epoch": 0, "val": v})
         while self.epoch < cfg.epochs:
             e = self.epoch
             if (e / cfg.epochs >= cfg.ema_start_frac and e % max(1, cfg.ema_every) == 0
