@@ -88,9 +88,15 @@ class _FakeProject:
     def all_points(self):
         return {k: list(v) for k, v in self._pts.items()}
 
-    def set_points(self, rows):
+    def set_points(self, rows, keep_human=False):
+        n = 0
         for iid, p in rows:
+            cur = self._pts[iid][p.index]
+            if keep_human and (cur.status.is_trusted or cur.status is Status.ABSENT):
+                continue
             self._pts[iid][p.index] = p
+            n += 1
+        return n
 
     def runs(self):
         return list(self._runs)

@@ -664,3 +664,27 @@ def test_closed_project_says_so(proj) -> None:
     with pytest.raises(ProjectError, match="closed"):
         proj.images()
     proj.close()  # idempotent
+
+
+def test_keep_human_write_skips_points_a_user_set_after_the_job_read_them(
+        proj: Project, tmp_path: Path) -> None:
+    """An engine job reads, predicts, then writes; a click landing in between must survive."""
+    ids = [r.id for r in proj.images()]
+    ex, a, b = ids[0], ids[1], ids[2]
+    proj.set_point(ex, 0, 1.0, 1.0, status=Status.EXEMPLAR)
+    job_view = {iid: proj.points(iid) for iid in ids}          # the job reads ...
+    other = Project.open(proj.path)                             # ... the GUI edits meanwhile
+    other.set_point(a, 0, 5.0, 6.0, status=Status.CORRECTED, source=Source.MANUAL)
+    other.mark_absent(a, 1)
+    other.close()
+    assert all(not p.placed for p in job_view[a])
+    pred = [(iid, LandmarkPoint(j, 9.0, 9.0, Status.PREDICTED, Source.STAGE2, 0.5))
+            for iid in (ex, a, b) for j in range(2)]
+    written = proj.set_points(pred, keep_human=True)
+    assert written == 2                                          # only b:0 and b:1
+    pa = proj.points(a)
+    assert (pa[0].x, pa[0].status) == (5.0, Status.CORRECTED)
+    assert pa[1].status is Status.ABSENT
+    assert proj.points(b)[0].status is Status.PREDICTED
+    assert proj.points(ex)[0].status is Status.EXEMPLAR and proj.points(ex)[1].x is None
+    assert proj.set_points(pred) == len(pred)                   # default: the caller decides

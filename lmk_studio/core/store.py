@@ -969,16 +969,37 @@ class Project:
             [(_, stored)] = self._write_points(con, [(iid, p)])
         return stored
 
-    def set_points(self, rows: Iterable[tuple[int, LandmarkPoint]]) -> None:
-        """Set many landmarks in ONE transaction (all or nothing)."""
+    def set_points(self, rows: Iterable[tuple[int, LandmarkPoint]],
+                   keep_human: bool = False) -> int:
+        """Set many landmarks in ONE transaction (all or nothing); returns how many were written.
+
+        keep_human=True (engine jobs writing predictions) skips the exemplar image and every
+        landmark whose stored point is trusted (accepted, corrected) or absent, checked inside the same
+        write transaction: a click the user makes while a job runs is never overwritten, even
+        if it lands between the job's read and its write.
+        """
         rows = list(rows)
         norm = [(iid, self._normalise(iid, p)) for iid, p in rows]
         if not norm:
-            return
+            return 0
         with self._tx(f"{len(norm)} landmark point(s)") as con:
             ids = {iid for iid, _ in norm}
             checked = {iid: self._require_image(con, iid) for iid in ids}
+            if keep_human:
+                human = {Status.EXEMPLAR.value, Status.ACCEPTED.value, Status.CORRECTED.value,
+                         Status.ABSENT.value}
+                marks = ",".join("?" * len(human))
+                locked = set()
+                for iid in set(checked.values()):
+                    locked.update((iid, int(r[0])) for r in con.execute(
+                        f"SELECT idx FROM points WHERE image_id = ? AND status IN ({marks})",
+                        (iid, *sorted(human))))
+                ex = self._meta_raw(con, _META_PREFIX + "exemplar_id")
+                ex = int(ex) if ex is not None else None
+                norm = [(iid, p) for iid, p in norm
+                        if checked[iid] != ex and (checked[iid], p.index) not in locked]
             self._write_points(con, [(checked[iid], p) for iid, p in norm])
+        return len(norm)
 
     def mark_absent(self, image_id: int, index: int) -> None:
         """The landmark is not visible on this image (a trusted human statement)."""

@@ -345,8 +345,9 @@ def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
                         kept += 1
                         continue
                     rows.append((img_id, lp))
-                proj.set_points(rows)
-                written += len(rows)
+                n_set = proj.set_points(rows, keep_human=True)  # re-checked inside the write
+                kept += len(rows) - n_set
+                written += n_set
                 per_image.append(time.perf_counter() - t0)
                 progress(ProgressEvent(stage="classical", epoch=0, epochs=1, step=k + 1,
                                        steps=len(todo), eta_s=clock.eta(k + 1),

@@ -207,8 +207,7 @@ def _write(proj, run_id: int, records, pts: np.ndarray, conf: np.ndarray, err: n
                 continue
             rows.append((rec.id, lp))
     proj.record_predictions(run_id, history)
-    proj.set_points(rows)
-    return len(rows)
+    return proj.set_points(rows, keep_human=True)  # re-checked inside the write transaction
 
 
 def _latest_model(proj) -> tuple[int, Path]:
