@@ -154,7 +154,7 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
     def full_disk(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(formats.os, "fsync", full_disk)
+    monkeypatch.setattr(os, "fsync", full_disk)
     with pytest.raises(LmkError) as ei:
         formats.atomic_write_text(target, "new content that does not fit\n")
     assert str(target) in str(ei.value) and "No space left" in str(ei.value)

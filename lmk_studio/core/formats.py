@@ -30,9 +30,7 @@ import csv
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from lmk_studio.core.errors import ImportFault, LmkError
+from lmk_studio.core.fileio import atomic_write_text  # noqa: F401 (re-exported)
 from lmk_studio.core.points import LandmarkPoint, Source, Status
 
 LABELME_PIXEL_OFFSET = -0.5
@@ -186,33 +185,6 @@ def _read_text(path: Path, display: str) -> tuple[str | None, Fault | None]:
         return None, Fault(display, "-", f"not UTF-8 text (byte {e.start})")
     except OSError as e:
         return None, Fault(display, "-", f"cannot read ({e.strerror or e})")
-
-
-def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
-    """Write via a temp file in the same folder + fsync + os.replace: all or nothing."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise LmkError(f"{path}: cannot write: folder {folder} does not exist")
-    data = text.encode(encoding)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise LmkError(f"{path}: cannot write ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise LmkError(
-            f"{path}: cannot write ({e.strerror or e}); the previous file, if any, is unchanged"
-        ) from None
 
 
 def _resolve_duplicates(

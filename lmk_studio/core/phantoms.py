@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +29,7 @@ import cv2
 import numpy as np
 
 from lmk_studio.core.errors import LmkError
+from lmk_studio.core.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from lmk_studio.core.templates import Template
@@ -343,23 +342,6 @@ def make_phantom_set(n: int, size: tuple[int, int] = (160, 128), seed: int = 0,
 
 
 # ---- demo project ------------------------------------------------------------------------------
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file + rename so a full disk never leaves a half file behind."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise LmkError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-
-
 def _png_bytes(img: np.ndarray, path: Path) -> bytes:
     u8 = np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
     ok, buf = cv2.imencode(".png", u8)   # imencode + write: unicode-safe on every platform
@@ -414,9 +396,9 @@ def write_demo_project(dir: str | Path, n: int = 24, size: tuple[int, int] = (32
     try:
         for name, ph in zip(names, phs, strict=True):
             p = images / name
-            _atomic_write(p, _png_bytes(ph.image, p))
+            atomic_write_bytes(p, _png_bytes(ph.image, p))
             written.append(p)
-        _atomic_write(truth, truth_csv_text(names, [ph.points for ph in phs]).encode("utf-8"))
+        atomic_write_bytes(truth, truth_csv_text(names, [ph.points for ph in phs]).encode("utf-8"))
         written.append(truth)
         written.append(lmk)     # from here on the project file is ours too
         with Project.create(lmk, phantom_template(), images_dir=images) as proj:

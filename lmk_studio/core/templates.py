@@ -8,15 +8,14 @@ and edit them; ``load_template`` accepts a bundled name or a path to such a file
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lmk_studio.core.errors import LmkError
+from lmk_studio.core.fileio import atomic_write_text
 from lmk_studio.core.resources import resource_path
 
 _COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -180,20 +179,4 @@ def save_template(t: Template, path: str | Path) -> None:
     t.validate()
     path = Path(path)
     data = json.dumps(t.to_dict(), indent=2, ensure_ascii=False) + "\n"
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise LmkError(f"{path}: cannot write template ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise LmkError(f"{path}: cannot write template ({e.strerror or e})") from None
+    atomic_write_text(path, data, what="template")
