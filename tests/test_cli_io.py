@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lmk_studio import cli, commands
-from lmk_studio.core.errors import LmkError
+from lmk_studio import cli
 from lmk_studio.core.points import LandmarkPoint, Source, Status
 
 store = pytest.importorskip("lmk_studio.core.store")
 
 
 def main(argv: list[str]) -> int:
-    """cli.main; while cli.py's optional top-level positional (`project_to_open`) swallows the
-    command name, parse with the command's own sub-parser and handle errors as cli.main does."""
-    parser = cli._build_parser()
-    try:
-        works = parser.parse_args(["info", "x"]).command == "info"
-    except SystemExit:
-        works = False
-    if works:
-        return cli.main(argv)
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    ns = sub.choices[argv[0]].parse_args(argv[1:])
-    ns.command = argv[0]
-    try:
-        return int(getattr(commands, f"cmd_{argv[0]}")(ns) or 0)
-    except LmkError as exc:
-        print(f"lmk-studio: error: {exc}", file=sys.stderr)
-        return 2
+    return cli.main(argv)
 
 NAMES = ["Sella", "Nasion", "Menton"]
 IMGS = ["a.png", "b.png", "c.png"]
