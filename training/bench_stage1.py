@@ -36,6 +36,7 @@ REPORTS = REPO / "training" / "reports"
 MM_PER_PX = 0.125
 N_LM = 19
 THRESH = (2.0, 2.5, 3.0, 4.0)
+NOTES_MARK = "<!-- notes below are hand-written and kept when the bench rewrites the table -->"
 NAMES = ["sella", "nasion", "orbitale", "porion", "subspinale (A)", "supramentale (B)",
          "pogonion", "menton", "gnathion", "gonion", "lower incisal incision",
          "upper incisal incision", "upper lip", "lower lip", "subnasale", "soft-tissue pogonion",
@@ -298,9 +299,10 @@ def main() -> None:
         REPORTS.mkdir(parents=True, exist_ok=True)
         (REPORTS / "stage1.json").write_text(json.dumps(rep, indent=2, default=float) + "\n",
                                              encoding="utf-8")
-        notes = REPORTS / "stage1_notes.md"
-        extra = notes.read_text(encoding="utf-8") if notes.exists() else ""
-        (REPORTS / "stage1.md").write_text(table + "\n" + extra, encoding="utf-8")
+        md = REPORTS / "stage1.md"
+        old = md.read_text(encoding="utf-8") if md.exists() else ""
+        extra = old[old.index(NOTES_MARK):] if NOTES_MARK in old else ""
+        md.write_text(table + "\n" + extra, encoding="utf-8")
 
 
 def format_report(rep: dict) -> str:

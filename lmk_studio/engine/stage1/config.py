@@ -62,6 +62,7 @@ class PassConfig:
     # label-free model selection
     holdout_frac: float = 0.15
     eval_every: int = 2
+    select_per_landmark: bool = False   # crop mode: each landmark keeps its own best state
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

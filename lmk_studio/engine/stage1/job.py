@@ -137,9 +137,15 @@ def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
         res = fit_stage1(full, ex, ex_pts, cfg, seed, dev, progress, cancel, ckdir,
                          prev_dir is not None, start)
         paths = {}
+        extra = res.models.get("refine_landmark_states")
         for name, net in res.models.items():
+            if name == "refine_landmark_states":
+                continue
             path = ckdir / f"{name}_model.pt"
-            torch.save({"state": net.state_dict(), "config": cfg.to_dict()}, path)
+            blob = {"state": net.state_dict(), "config": cfg.to_dict()}
+            if name == "refine" and extra:
+                blob["landmark_states"] = extra
+            torch.save(blob, path)
             paths[name] = str(path)
         written = _write(proj, run_id, used, ex, res)
         proj.finish_run(run_id, "finished",

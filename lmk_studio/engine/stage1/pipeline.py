@@ -4,6 +4,7 @@ the benchmark and the tests share it."""
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -181,6 +182,25 @@ def confidence(full_small: list[np.ndarray], scale: float, ex: int, ex_pts: np.n
     return conf
 
 
+def _predict_per_landmark(tr: PassTrainer, targets: list[int]):
+    """Crop predictions; with per-landmark selection each landmark comes from its own state."""
+    groups = tr.landmark_states()
+    if not groups or not tr.lm_states:
+        return tr.predict(targets)
+    keep = copy.deepcopy(tr.net.state_dict())
+    pred = steps = None
+    for e, lms in sorted(groups.items()):
+        tr.net.load_state_dict(tr.lm_states[e])
+        p, st = tr.predict(targets)
+        if pred is None:
+            pred, steps = p.copy(), {k: v.copy() for k, v in st.items()}
+        pred[:, lms] = p[:, lms]
+        for k in steps:
+            steps[k][:, lms] = st[k][:, lms]
+    tr.net.load_state_dict(keep)
+    return pred, steps
+
+
 def _classical_hop(full: list[np.ndarray]):
     from lmk_studio.engine.classical import classical_propagate
 
@@ -202,7 +222,11 @@ def _pass(cfg: PassConfig, data: PassData, mode: str, seed: int, device, progres
           init: str | None = None) -> PassTrainer:
     tr = PassTrainer(cfg, data, mode, seed, device, stage, given)
     if init is not None:
-        tr.net.load_state_dict(torch.load(init, map_location="cpu", weights_only=False)["state"])
+        saved = torch.load(init, map_location="cpu", weights_only=False)
+        tr.net.load_state_dict(saved["state"])
+        if saved.get("landmark_states"):
+            tr.lm_states = dict(saved["landmark_states"]["states"])
+            tr.lm_best_epoch = np.asarray(saved["landmark_states"]["epochs"], dtype=int)
     if tr.net.pretrained_note:
         progress(ProgressEvent(stage=stage, epoch=0, epochs=cfg.epochs, step=0,
                                steps=cfg.steps_per_epoch, message=tr.net.pretrained_note))
@@ -297,7 +321,7 @@ def fit_stage1(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, cfg: Stage1C
             # predict from the ORIGINAL start (the EMA points were the training state)
             tr.ema = p_small.copy()
             targets = [k for k in range(m) if k != ex]
-            pred, steps = tr.predict(targets)
+            pred, steps = _predict_per_landmark(tr, targets)
             for k in targets:
                 pts[k] = (pred[k] + 0.5) * r.scale - 0.5
                 steps_final[k] = pts[k]
@@ -306,6 +330,15 @@ def fit_stage1(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, cfg: Stage1C
             notes.append(tr.net.pretrained_note)
             history["refine"] = tr.history
             models["refine"] = tr.net
+            groups = tr.landmark_states()
+            if groups is not None:
+                models["refine_landmark_states"] = {"states": tr.lm_states,
+                                                    "epochs": tr.lm_best_epoch.tolist()}
+                history["refine_landmark_epochs"] = tr.lm_best_epoch.tolist()
+                notes.append("refinement: each landmark uses the state with its lowest held-out "
+                             "label-free loss (epochs " + ", ".join(
+                                 f"{e}: {len(v)} landmark(s)" for e, v in sorted(groups.items()))
+                             + "; epoch 0 = left at its start)")
             timings["refine_s"] = time.monotonic() - t1
             tr_ref = tr
         if k_cons > 0 and when == "final":

@@ -111,6 +111,9 @@ class PassTrainer:
         self.epoch = 0
         self.best_val = float("inf")
         self.best_state: dict | None = None
+        self.lm_best_val: np.ndarray | None = None     # per-landmark selection (crop mode)
+        self.lm_best_epoch: np.ndarray | None = None
+        self.lm_states: dict[int, dict] = {}
         self.history: list[dict] = []
 
     # -- pairs
@@ -305,20 +308,57 @@ class PassTrainer:
         """Crop mode: exemplar crop at each label -> held-out crop at its start point, every
         (image, landmark), no random draws (the score must not move with the RNG stream), at the
         inference depth: the same question the prediction answers, scored without labels."""
+        per = self.crop_val_per_landmark(ids)
+        return float(np.nanmean(per)) if np.isfinite(per).any() else 0.0
+
+    @torch.no_grad()
+    def crop_val_per_landmark(self, ids: list[int]) -> np.ndarray:
+        """(N,) held-out esim per landmark (NaN where no held-out image has that landmark)."""
         cfg, d, ex = self.cfg, self.data, self.data.exemplar
         c = (cfg.crop - 1) / 2
-        tot, cnt = 0.0, 0
-        for t in ids:
-            ok = np.isfinite(d.points[ex]).all(-1) & np.isfinite(self.start[t]).all(-1)
-            if not ok.any():
+        n = d.points.shape[1]
+        out = np.full(n, np.nan)
+        for j in range(n):
+            if not np.isfinite(d.points[ex, j]).all():
                 continue
-            src = crops(d.tensors[ex], torch.from_numpy(d.points[ex][ok]).float(), cfg.crop)
-            dst = crops(d.tensors[t], torch.from_numpy(self.start[t][ok]).float(), cfg.crop)
-            pts = torch.full((int(ok.sum()), 1, 2), c)
-            parts = self._losses(src, dst, pts, None, 1.0, None, cfg.n_local_infer)
-            tot += float(parts["esim"]) * int(ok.sum())
-            cnt += int(ok.sum())
-        return tot / max(1, cnt)
+            tg = [t for t in ids if np.isfinite(self.start[t, j]).all()]
+            if not tg:
+                continue
+            src = crops(d.tensors[ex], torch.from_numpy(d.points[ex, j][None]).float(),
+                        cfg.crop).repeat(len(tg), 1, 1, 1)
+            dst = torch.cat([crops(d.tensors[t], torch.from_numpy(self.start[t, j][None]).float(),
+                                   cfg.crop) for t in tg])
+            pts = torch.full((len(tg), 1, 2), c)
+            out[j] = float(self._losses(src, dst, pts, None, 1.0, None, cfg.n_local_infer)["esim"])
+        return out
+
+    def _track_landmarks(self) -> None:
+        """Per-landmark label-free selection: remember, for each landmark, the state with the
+        lowest held-out esim of that landmark (epoch 0 = the untrained pass included)."""
+        ids = self.holdout or [i for i in self.train_ids if i != self.data.exemplar][:4]
+        if not ids:
+            return
+        self.net.eval()
+        per = self.crop_val_per_landmark(ids)
+        if self.lm_best_val is None:
+            self.lm_best_val = np.full(per.shape, np.inf)
+            self.lm_best_epoch = np.zeros(per.shape, dtype=int)
+        better = np.isfinite(per) & (per < self.lm_best_val)
+        if better.any():
+            self.lm_best_val[better] = per[better]
+            self.lm_best_epoch[better] = self.epoch
+            self.lm_states[self.epoch] = copy.deepcopy(self.net.state_dict())
+        used = set(self.lm_best_epoch.tolist())
+        self.lm_states = {e: st for e, st in self.lm_states.items() if e in used}
+
+    def landmark_states(self) -> dict[int, list[int]] | None:
+        """{state epoch: landmarks it predicts} when per-landmark selection ran."""
+        if self.lm_best_epoch is None:
+            return None
+        groups: dict[int, list[int]] = {}
+        for j, e in enumerate(self.lm_best_epoch.tolist()):
+            groups.setdefault(int(e), []).append(j)
+        return groups
 
     def update_ema(self) -> None:
         """Eq. 4: EMA of the pseudo-landmarks of every non-exemplar image."""
@@ -341,6 +381,8 @@ class PassTrainer:
                 "py_rng": random.getstate(), "np_rng": np.random.get_state(),
                 "ema": self.ema.copy(), "ema_started": self.ema_started,
                 "best_val": self.best_val, "best_state": self.best_state,
+                "lm_best_val": self.lm_best_val, "lm_best_epoch": self.lm_best_epoch,
+                "lm_states": self.lm_states,
                 "history": list(self.history), "holdout": self.holdout}
 
     def load_state(self, s: dict) -> None:
@@ -355,6 +397,9 @@ class PassTrainer:
         self.ema_started = bool(s["ema_started"])
         self.best_val = float(s["best_val"])
         self.best_state = s["best_state"]
+        self.lm_best_val = s.get("lm_best_val")
+        self.lm_best_epoch = s.get("lm_best_epoch")
+        self.lm_states = dict(s.get("lm_states") or {})
         self.history = list(s["history"])
         self.holdout = list(s["holdout"])
 
@@ -381,6 +426,8 @@ class PassTrainer:
             self.best_val = v
             self.best_state = copy.deepcopy(self.net.state_dict())
             self.history.append({"epoch": 0, "val": v})
+            if cfg.select_per_landmark and self.mode == "crop":
+                self._track_landmarks()
         while self.epoch < cfg.epochs:
             e = self.epoch
             if (e / cfg.epochs >= cfg.ema_start_frac and e % max(1, cfg.ema_every) == 0
@@ -407,6 +454,8 @@ class PassTrainer:
                 if v <= self.best_val:
                     self.best_val = v
                     self.best_state = copy.deepcopy(self.net.state_dict())
+                if cfg.select_per_landmark and self.mode == "crop":
+                    self._track_landmarks()
             self.history.append(rec)
             if checkpoint is not None:
                 self.save(checkpoint)
