@@ -308,11 +308,13 @@ def main() -> None:
 def format_report(rep: dict) -> str:
     ov = f" --override '{json.dumps(rep['override'])}'" if rep["override"] else ""
     m = rep["machine"]
+    key = [n for n in rep["methods"] if n.startswith("learned")][0]
     lines = ["# Stage I (EGT) on Hamedan — development protocol", "",
              f"Command: `nice -n 10 .venv/bin/python training/bench_stage1.py --preset "
              f"{rep['preset']}{ov}`  ",
              f"Protocol: {rep['protocol']}.  ",
-             f"Machine: {m['cpu']}, {m['cores']} cores, no GPU, torch threads 2; shared with "
+             f"Machine: {m['cpu']}, {m['cores']} cores, no GPU, torch threads "
+             f"{rep['methods'][key]['config']['torch_threads']}; shared with "
              f"other jobs (load average at the end {m['loadavg_at_end']}).  ",
              f"Seed {rep['seed']}. Total benchmark wall time {rep['total_wall_s'] / 60:.1f} min.", "",
              "| method | MRE px | SD px | median px | MRE mm | SD mm | SDR 2/2.5/3/4 mm % "
@@ -330,7 +332,6 @@ def format_report(rep: dict) -> str:
     for j in range(N_LM):
         vals = " | ".join(f"{rep['methods'][n]['per_landmark_px'][j]:.1f}" for n in names)
         lines.append(f"| {j + 1} {NAMES[j]} | {vals} |")
-    key = [n for n in names if n.startswith("learned")][0]
     lr = rep["methods"][key]
     cl = rep["methods"]["classical preview"]
     sps = ", ".join(f"{k} {v:.3f} s/step ({lr['steps'][k]} steps)"

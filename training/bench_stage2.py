@@ -27,7 +27,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DATA = REPO.parent / "shared" / "data" / "hamedan_ceph"
+DATA = Path(os.environ.get("LMK_HAMEDAN", REPO.parent / "shared" / "data" / "hamedan_ceph"))
 CACHE = REPO / "training" / "cache"
 REPORTS = REPO / "training" / "reports"
 MM_PER_PX = 0.125
