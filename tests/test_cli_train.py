@@ -212,3 +212,19 @@ def test_corrupt_project_file_is_refused_untouched(tmp_path: Path, capsys) -> No
     assert main(["train", str(bad), "--stage", "1"]) == 2
     assert "broken.lmk" in capsys.readouterr().err
     assert bad.read_bytes() == before
+
+
+def test_train_all_runs_preview_then_both_stages(project, capsys) -> None:
+    s2 = json.loads((train_cmds.Path(__file__).resolve().parents[1] / "resources" / "presets"
+                     / "stage2" / "quick.json").read_text(encoding="utf-8"))
+    s2.update(steps=4, steps_per_epoch=2, calib_warps=1)
+    both = project.dir / "both.json"
+    both.write_text(json.dumps({"stage1": TINY_S1, "stage2": s2}), encoding="utf-8")
+    code = main(["train", str(project.path), "--stage", "all", "--preset", str(both),
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "no classical preview yet" in err
+    with _open(project.path) as proj:
+        kinds = [(r.kind, r.status) for r in sorted(proj.runs(), key=lambda r: r.id)]
+    assert kinds == [("classical", "finished"), ("stage1", "finished"), ("stage2", "finished")]
