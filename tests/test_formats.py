@@ -419,3 +419,28 @@ def test_semicolon_csv_with_decimal_commas(tmp_path):
     table, faults = formats.read_points_table(p, NAMES)
     assert faults == []
     np.testing.assert_array_equal(table["a.png"][:2], [[12.5, -3.25], [7.0, 8.5]])
+
+
+def test_export_in_mm_scales_by_spacing_and_refuses_without_it(store, tmp_path):
+    import csv as _csv
+
+    proj = _project(store, tmp_path)
+    _fill(proj)                                    # project calibration: row 0.1, col 0.125 mm
+    out = tmp_path / "wide_mm.csv"
+    formats.export_csv(proj, out, wide=True, units="mm")
+    with out.open(encoding="utf-8-sig", newline="") as fh:
+        rows = {r["image"]: r for r in _csv.DictReader(fh)}
+    assert float(rows["001.png"]["Sella_x_mm"]) == pytest.approx(10.25 * 0.125)
+    assert float(rows["001.png"]["Sella_y_mm"]) == pytest.approx(20.5 * 0.1)
+    formats.export_json(proj, tmp_path / "mm.json", units="mm")
+    doc = json.loads((tmp_path / "mm.json").read_text(encoding="utf-8"))
+    p0 = next(i for i in doc["images"] if i["name"] == "001.png")["points"][0]
+    assert (p0["x_mm"], p0["y_mm"]) == pytest.approx((10.25 * 0.125, 20.5 * 0.1))
+    with pytest.raises(LmkError, match="COCO keypoints are pixel"):
+        formats.export_coco(proj, tmp_path / "c.json", units="mm")
+    proj.set_calibration(None)
+    before = out.read_bytes()
+    with pytest.raises(LmkError, match="no pixel spacing.*Nothing was written"):
+        formats.export_csv(proj, out, wide=True, units="mm")
+    assert out.read_bytes() == before
+    proj.close()

@@ -910,17 +910,34 @@ def _num(v: float | int | None) -> float | int | str:
     return v
 
 
+def _check_units(units: str, data: list, what: str) -> None:
+    """units 'mm' needs a pixel spacing on every exported image: refuse before writing."""
+    if units not in ("px", "mm"):
+        raise LmkError(f"{what}: units must be px or mm, not {units!r}")
+    if units == "mm":
+        missing = [rec.name for rec, _ in data if not rec.spacing]
+        if missing:
+            raise LmkError(
+                f"{what} in mm: {len(missing)} image(s) have no pixel spacing "
+                f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); calibrate them "
+                "or export in px. Nothing was written.")
+
+
 def export_csv(
     project: Any, path: str | Path, wide: bool = False, reviewed_only: bool = False,
+    units: str = "px",
 ) -> int:
     """Write the points as CSV (UTF-8 with BOM so spreadsheets detect it); returns rows written.
 
     Long layout: one row per placed or absent point (``LONG_COLUMNS``; x_mm = x_px * column
     spacing, y_mm = y_px * row spacing, empty when the spacing is unknown). Wide layout: one row
-    per image, ``<landmark>_x, <landmark>_y`` per landmark ("absent" for absent points).
+    per image, ``<landmark>_x, <landmark>_y`` per landmark ("absent" for absent points), or
+    ``<landmark>_x_mm, <landmark>_y_mm`` with units="mm". The long layout always carries both.
     """
     names = _names(project.template)
     data = _export_points(project, reviewed_only)
+    _check_units(units, data, f"{path}: CSV export")
+    mm = wide and units == "mm"
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\r\n")
     n_rows = 0
@@ -945,7 +962,8 @@ def export_csv(
     else:
         head = ["image"]
         for n in names:
-            head += [escape_cell(f"{n}_x"), escape_cell(f"{n}_y")]
+            head += [escape_cell(f"{n}_x_mm" if mm else f"{n}_x"),
+                     escape_cell(f"{n}_y_mm" if mm else f"{n}_y")]
         w.writerow(head)
         for rec, pts in data:
             cells: list[Any] = [""] * (2 * len(names))
@@ -953,36 +971,50 @@ def export_csv(
                 if p.status is Status.ABSENT:
                     cells[2 * p.index: 2 * p.index + 2] = ["absent", "absent"]
                 else:
-                    cells[2 * p.index: 2 * p.index + 2] = [_num(p.x), _num(p.y)]
+                    fx, fy = (rec.spacing[1], rec.spacing[0]) if mm else (1.0, 1.0)
+                    cells[2 * p.index: 2 * p.index + 2] = [
+                        _num(p.x * fx if p.x is not None else None),
+                        _num(p.y * fy if p.y is not None else None)]
             w.writerow([escape_cell(rec.name), *cells])
             n_rows += 1
     atomic_write_text(path, buf.getvalue(), encoding="utf-8-sig")
     return n_rows
 
 
-def _point_dict(p: LandmarkPoint, name: str) -> dict[str, Any]:
+def _point_dict(p: LandmarkPoint, name: str,
+                spacing: tuple[float, float] | None = None) -> dict[str, Any]:
     absent = p.status is Status.ABSENT
+    mm = {}
+    if spacing and not absent and p.x is not None and p.y is not None:
+        mm = {"x_mm": p.x * spacing[1], "y_mm": p.y * spacing[0]}
     return {
         "index": p.index, "name": name,
-        "x": None if absent else p.x, "y": None if absent else p.y,
+        "x": None if absent else p.x, "y": None if absent else p.y, **mm,
         "status": p.status.value, "source": p.source.value if p.source else None,
         "confidence": _finite(p.confidence), "expected_error_px": _finite(p.expected_error_px),
         "run_id": p.run_id,
     }
 
 
-def export_json(project: Any, path: str | Path, reviewed_only: bool = False) -> int:
-    """Project-level JSON (template, images with size/spacing, points); returns points written."""
+def export_json(project: Any, path: str | Path, reviewed_only: bool = False,
+                units: str = "px") -> int:
+    """Project-level JSON (template, images with size/spacing, points); returns points written.
+
+    Points carry x, y in px and, where the spacing is known, x_mm, y_mm; units="mm" only
+    insists that every exported image has a spacing.
+    """
     names = _names(project.template)
     images = []
     n = 0
-    for rec, pts in _export_points(project, reviewed_only):
+    data = _export_points(project, reviewed_only)
+    _check_units(units, data, f"{path}: JSON export")
+    for rec, pts in data:
         images.append({
             "name": rec.name, "width": rec.width, "height": rec.height,
             "spacing": list(rec.spacing) if rec.spacing else None,
             "spacing_source": rec.spacing_source if rec.spacing else None,
             "exemplar": rec.id == getattr(project, "exemplar_id", None),
-            "points": [_point_dict(p, names[p.index]) for p in pts],
+            "points": [_point_dict(p, names[p.index], rec.spacing) for p in pts],
         })
         n += len(pts)
     doc = {
@@ -996,13 +1028,17 @@ def export_json(project: Any, path: str | Path, reviewed_only: bool = False) -> 
     return n
 
 
-def export_coco(project: Any, path: str | Path, reviewed_only: bool = False) -> int:
+def export_coco(project: Any, path: str | Path, reviewed_only: bool = False,
+                units: str = "px") -> int:
     """COCO keypoints: one annotation per image, [x, y, v] with v=2 placed, 0 unlabelled/absent.
 
     ``scores`` per keypoint: the model confidence when known, 1.0 for human-placed points
     (exemplar/accepted/corrected), 0.0 otherwise. Keypoints are pixel indices (store
     convention). Returns the number of placed keypoints written.
     """
+    if units != "px":
+        raise LmkError(f"{path}: COCO keypoints are pixel coordinates by definition; export "
+                       "COCO in px (CSV and JSON carry millimetres). Nothing was written.")
     names = _names(project.template)
     tname = getattr(project.template, "name", "landmarks")
     images, anns = [], []
