@@ -27,9 +27,15 @@ class FakeProject:
     def record_predictions(self, run_id: int, rows) -> None:
         self.history.extend(rows)
 
-    def set_points(self, rows) -> None:
+    def set_points(self, rows, keep_human: bool = False) -> int:
+        n = 0
         for iid, lp in rows:
+            cur = self._points[iid][lp.index]
+            if keep_human and (cur.status.is_trusted or cur.status is Status.ABSENT):
+                continue
             self._points[iid][lp.index] = lp
+            n += 1
+        return n
 
 
 def test_write_keeps_trusted_and_absent_points() -> None:

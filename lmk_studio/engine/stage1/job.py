@@ -182,8 +182,7 @@ def _write(proj, run_id: int, records, ex: int, res: Stage1Result) -> int:
                 continue
             rows.append((rec.id, lp))
     proj.record_predictions(run_id, history)
-    proj.set_points(rows)
-    return len(rows)
+    return proj.set_points(rows, keep_human=True)  # re-checked inside the write transaction
 
 
 def predict_stage1_job(project: Any, device: str = "auto",
