@@ -36,35 +36,11 @@ REUSE = "--reuse" in sys.argv
 
 
 # ---- data ------------------------------------------------------------------------------------
-def _labelme(path: Path) -> np.ndarray:
-    """First occurrence of l1..l19 (duplicates / missing left as reported faults -> NaN)."""
-    out = np.full((N_LM, 2), np.nan)
-    d = json.loads(path.read_text(encoding="utf-8"))
-    for s in d.get("shapes", []):
-        lab = str(s.get("label", ""))
-        if lab.startswith("l") and lab[1:].isdigit():
-            k = int(lab[1:]) - 1
-            if 0 <= k < N_LM and not np.isfinite(out[k]).all():
-                out[k] = s["points"][0]
-    return out
-
-
 def load_truth() -> np.ndarray:
     """GT = mean of the two doctors; the sound doctor where one is faulty (README protocol)."""
-    try:
-        from lmk_studio.core.formats import hamedan_truth
+    from lmk_studio.core.formats import hamedan_truth
 
-        truth = np.asarray(hamedan_truth(DATA)[1], dtype=np.float64)
-        if truth.shape == (120, N_LM, 2):
-            return truth
-    except (ImportError, TypeError, ValueError, IndexError):
-        pass
-    gts = []
-    for i in range(1, 121):
-        a = _labelme(DATA / "annotations" / "Dr.mollabashi" / f"{i:03d}.json")
-        b = _labelme(DATA / "annotations" / "Dr.farhadifar" / f"{i:03d}.json")
-        gts.append(np.nanmean(np.stack([a, b]), axis=0))
-    return np.array(gts)
+    return np.asarray(hamedan_truth(DATA)[1], dtype=np.float64)
 
 
 def load_full(i: int) -> np.ndarray:
