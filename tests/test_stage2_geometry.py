@@ -137,3 +137,21 @@ def test_bundled_presets_load_and_unknown_keys_are_refused(tmp_path) -> None:
         load_preset(bad)
     with pytest.raises(LmkError, match="not found"):
         load_preset("no-such-preset")
+
+
+def test_review_rescaling_moves_the_scale_and_keeps_the_ranking() -> None:
+    """Reviewed points that moved 4x further than expected: the expected errors grow ~4x, the
+    order of the risk scores is unchanged; with too few reviews nothing changes."""
+    from lmk_studio.engine.stage2.confidence import MIN_REVIEWED, rescale_from_reviews
+
+    cal = {"mode": "risk", "ab": [1.0, 0.5], "mu": [0.0] * 6, "sd": [1.0] * 6}
+    r = np.linspace(-2, 2, 9)
+    before = np.expm1(cal["ab"][0] + cal["ab"][1] * r)
+    exp = np.full(MIN_REVIEWED + 5, 2.0)
+    new = rescale_from_reviews(cal, exp, np.full_like(exp, 11.0))  # log1p 11 = log1p 2 + log 4
+    after = np.expm1(new["ab"][0] + new["ab"][1] * r)
+    assert new["ab"][1] == cal["ab"][1] and cal["ab"] == [1.0, 0.5]   # input untouched
+    assert np.all(np.argsort(after) == np.argsort(before))
+    assert np.allclose(np.log1p(after) - np.log1p(before), np.log(4.0))
+    few = rescale_from_reviews(cal, exp[:MIN_REVIEWED - 1], np.full(MIN_REVIEWED - 1, 11.0))
+    assert few["ab"] == cal["ab"] and few["reviewed_n"] == MIN_REVIEWED - 1

@@ -57,6 +57,47 @@ def test_stage2_job_writes_predictions_and_never_overwrites_trusted_points(tmp_p
         assert all(q.run_id == run2 for q in p.points(others[1]) if q.placed)
 
 
+def test_retraining_sets_the_expected_error_scale_from_the_reviewers_corrections(tmp_path) -> None:
+    """The reviewer moves every point of two images 9 px from the first run's answer; the next
+    run's expected-error scale shifts by exactly the median log ratio of those moves."""
+    store = pytest.importorskip("lmk_studio.core.store")
+    phantoms = pytest.importorskip("lmk_studio.core.phantoms")
+    from lmk_studio.engine.stage2 import train_stage2_job
+    from lmk_studio.engine.stage2.confidence import MIN_REVIEWED
+
+    lmk = phantoms.write_demo_project(tmp_path / "demo", n=5, size=(160, 128), seed=0)
+    cfg = {"detector": {"kind": "unet", "base": 8, "depth": 2}, "patch": 32, "scale": 1.0,
+           "sigma": 1.5, "steps": 4, "steps_per_epoch": 2, "batch_trusted": 4,
+           "batch_pseudo": 4, "calib_warps": 1, "tolerance_px": 6.0}
+    preset = tmp_path / "tiny.json"
+    preset.write_text(json.dumps(cfg))
+    with store.Project.open(lmk) as p:
+        ex = p.exemplar_id
+        others = [r.id for r in p.images() if r.id != ex]
+        rows = [(iid, type(q)(q.index, q.x + 1.0, q.y - 1.0, Status.PREDICTED, Source.CLASSICAL))
+                for iid in others for q in p.points(ex) if q.placed]
+        p.set_points(rows)
+    first = train_stage2_job(lmk, preset=str(preset), device="cpu", seed=0)
+    with store.Project.open(lmk) as p:
+        assert "review_shift" not in p.run(first).metrics["calibration"]
+        preds = p.predictions(first)
+        exp, act = [], []
+        for iid in others[:2]:
+            for q in preds[iid]:
+                p.set_point(iid, q.index, q.x + 9.0, q.y, status=Status.CORRECTED,
+                            source=Source.MANUAL)
+                exp.append(q.expected_error_px)
+                act.append(9.0)
+    assert len(exp) >= MIN_REVIEWED
+    second = train_stage2_job(lmk, preset=str(preset), device="cpu", seed=0)
+    with store.Project.open(lmk) as p:
+        cal = p.run(second).metrics["calibration"]
+    assert cal["reviewed_n"] == len(exp)
+    want = float(np.median(np.log1p(act) - np.log1p(np.array(exp))))
+    assert cal["review_shift"] == pytest.approx(want, abs=1e-9)
+    assert cal["reviewed_mean_actual_px"] == pytest.approx(9.0)
+
+
 class _FakeRun:
     def __init__(self, id, kind, config):
         self.id, self.kind, self.config = id, kind, config

@@ -11,7 +11,8 @@ own answers on the unlabelled images. No ground truth of the predicted images is
 
 Honest caveat: the trusted images were training images, so the synthetic errors are optimistic:
 the ranking is what to trust; the absolute expected error is a lower bound (the benchmark
-reports both).
+reports both) until the user has reviewed points of an earlier run: then
+`rescale_from_reviews` moves the scale to match how far the reviewer really moved them.
 """
 
 from __future__ import annotations
@@ -140,6 +141,36 @@ def calibrate(model: Stage2Model, data: Stage2Data, move_px: np.ndarray,
             "mu": mu.tolist(), "sd": sd.tolist(), "features": list(FEATURES),
             "n": int(len(e)), "synthetic_mre_px": float(e.mean()),
             "synthetic_pred_mean_px": float(pred.mean())}
+
+
+MIN_REVIEWED = 10  # fewer reviewed points than this: too few to move the scale
+
+
+def rescale_from_reviews(calibration: dict, expected_prev_px: np.ndarray,
+                         actual_px: np.ndarray) -> dict:
+    """Correct the expected-error SCALE with the reviewer's own verdicts.
+
+    The synthetic fit above under-estimates real errors (its cases are easy). Once the user has
+    reviewed points of an earlier run, each one is a real (expected, actual) pair: actual = how far
+    the human moved that run's point (0 when accepted as is). The median log ratio shifts the
+    intercept of the risk model, so the ranking is unchanged and the scale follows the user's
+    judgement. No label of an unreviewed image is used. Returns a new dict (also without reviews).
+    """
+    cal = dict(calibration or {})
+    e = np.asarray(expected_prev_px, dtype=np.float64).ravel()
+    a = np.asarray(actual_px, dtype=np.float64).ravel()
+    ok = np.isfinite(e) & np.isfinite(a) & (e > 0)
+    cal["reviewed_n"] = int(ok.sum())
+    if cal.get("mode") != "risk" or ok.sum() < MIN_REVIEWED:
+        return cal
+    shift = float(np.median(np.log1p(a[ok]) - np.log1p(e[ok])))
+    ab = list(cal["ab"])
+    ab[0] = float(ab[0]) + shift
+    cal["ab"] = ab
+    cal["review_shift"] = shift
+    cal["reviewed_mean_actual_px"] = float(a[ok].mean())
+    cal["reviewed_mean_expected_px"] = float(e[ok].mean())
+    return cal
 
 
 def score(raw: RawPrediction, calibration: dict, tol_px: float) -> tuple[np.ndarray, np.ndarray]:

@@ -76,6 +76,27 @@ def _start_points(project, image_ids: Sequence[int], n: int) -> tuple[dict[int, 
     return out, "current points"
 
 
+def _reviewed_pairs(project, all_pts: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """(expected, actual) error px of the newest finished Stage II run's points that the user
+    has accepted or corrected since: actual = how far the human moved the point (0 if accepted
+    as is). A point trusted before that run has no prediction in it, so it is not counted."""
+    for r in sorted(project.runs(), key=lambda r: r.id, reverse=True):
+        if r.kind != RUN_KIND or r.status != "finished":
+            continue
+        exp, act = [], []
+        for iid, preds in project.predictions(r.id).items():
+            now = {p.index: p for p in all_pts.get(iid, [])}
+            for p in preds:
+                h = now.get(p.index)
+                if (h is None or not h.status.is_trusted or not h.placed or p.x is None
+                        or p.y is None or p.expected_error_px is None):
+                    continue
+                exp.append(float(p.expected_error_px))
+                act.append(float(np.hypot(h.x - p.x, h.y - p.y)))
+        return np.array(exp), np.array(act)
+    return None
+
+
 def _load_levels(path: Path, cfg) -> tuple[np.ndarray, tuple[float, float],
                                              np.ndarray | None, tuple[float, float] | None]:
     """The image at the fine level's scale and (cascade) the coarse one; full res is dropped."""
@@ -168,7 +189,8 @@ def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
                            "first")
         res = fit_stage2(data, n, cfg, seed=seed, device=dev, progress=progress, cancel=cancel,
                          checkpoint=ckpt, resume=prev_ckpt is not None,
-                         spacing=[r.spacing for r in used])
+                         spacing=[r.spacing for r in used],
+                         reviewed=_reviewed_pairs(proj, all_pts))
         mpath = model_dir(proj) / f"stage2_run{run_id}" / "model.pt"
         res.model.save(mpath)
         n_written = _write(proj, run_id, used, res.points, res.confidence, res.expected_error_px,

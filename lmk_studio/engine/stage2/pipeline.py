@@ -20,7 +20,7 @@ from lmk_studio.engine.common import (
     no_progress,
 )
 
-from .confidence import calibrate, features, score
+from .confidence import calibrate, features, rescale_from_reviews, score
 from .config import Stage2Config
 from .model import Stage2Model
 from .trainer import Stage2Data, Stage2Trainer
@@ -68,8 +68,12 @@ def fit_stage2(data: Stage2Data, n_landmarks: int, cfg: Stage2Config, *, seed: i
                device: torch.device | str = "cpu", progress: ProgressCallback = no_progress,
                cancel: CancelToken | None = None, checkpoint: Path | None = None,
                resume: bool = False, spacing: Sequence[tuple[float, float] | None] | None = None,
-               ) -> Stage2Result:
-    """Train, predict all images, calibrate confidence on synthetic warps of trusted images."""
+               reviewed: tuple[np.ndarray, np.ndarray] | None = None) -> Stage2Result:
+    """Train, predict all images, calibrate confidence on synthetic warps of trusted images.
+
+    reviewed: (expected error px, actual error px) of an earlier run's points that the user has
+    since accepted or corrected (any shape, NaN = none); they set the expected-error scale.
+    """
     t0 = time.monotonic()
     coarse_model = None
     ccfg = cfg.coarse_config()
@@ -99,6 +103,8 @@ def fit_stage2(data: Stage2Data, n_landmarks: int, cfg: Stage2Config, *, seed: i
     unl_feats = np.concatenate([features(raws[i])[untrusted[i]] for i in range(len(raws))
                                 if raws[i] is not None]) if untrusted.any() else None
     model.calibration = calibrate(model, data, move, seed=seed, unlabelled_features=unl_feats)
+    if reviewed is not None:
+        model.calibration = rescale_from_reviews(model.calibration, *reviewed)
     t3 = time.monotonic()
     m = len(data.images)
     conf = np.full((m, n_landmarks), np.nan)
