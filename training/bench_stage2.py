@@ -33,6 +33,12 @@ REPORTS = REPO / "training" / "reports"
 MM_PER_PX = 0.125
 N_LM = 19
 REUSE = "--reuse" in sys.argv
+THREADS = 2
+NOTES_MARK = "<!-- notes below are hand-written and kept when the bench rewrites the table -->"
+NAMES = ["sella", "nasion", "orbitale", "porion", "subspinale (A)", "supramentale (B)",
+         "pogonion", "menton", "gnathion", "gonion", "lower incisal incision",
+         "upper incisal incision", "upper lip", "lower lip", "subnasale", "soft-tissue pogonion",
+         "posterior nasal spine", "anterior nasal spine", "articulare"]
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -152,9 +158,12 @@ def metrics(pred: np.ndarray, truth: np.ndarray, rows: np.ndarray) -> dict:
     e = np.linalg.norm(pred[rows] - truth[rows], axis=-1)
     e = e[np.isfinite(e)]
     mm = e * MM_PER_PX
+    per = np.linalg.norm(pred[rows] - truth[rows], axis=-1)
     return {"n_points": int(e.size), "mre_px": float(e.mean()), "sd_px": float(e.std()),
+            "median_px": float(np.median(e)), "p95_px": float(np.percentile(e, 95)),
             "mre_mm": float(mm.mean()), "sd_mm": float(mm.std()),
-            "sdr": {str(t): float((mm <= t).mean() * 100) for t in (2, 2.5, 3, 4)}}
+            "sdr": {str(t): float((mm <= t).mean() * 100) for t in (2, 2.5, 3, 4)},
+            "per_landmark_px": [float(x) for x in np.nanmean(per, axis=0)]}
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -167,7 +176,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def child(args: argparse.Namespace) -> None:
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     from lmk_studio.engine.stage2.config import load_preset
     from lmk_studio.engine.stage2.pipeline import fit_stage2
     from lmk_studio.engine.stage2.trainer import Stage2Data
@@ -192,8 +201,15 @@ def child(args: argparse.Namespace) -> None:
     if ccfg is not None:
         coarse = Stage2Data(cimgs, cfacs, pts, trusted)
     data = Stage2Data(imgs, facs, pts, trusted, coarse)
+    reviewed = None
+    if args.reviewed:  # the reviewer's verdicts on an earlier run's points of the corrected images
+        z = np.load(args.reviewed, allow_pickle=True)
+        corr = json.loads(args.corrected or "[]")
+        reviewed = (z["expected"][corr],
+                    np.linalg.norm(z["points"][corr] - truth[corr], axis=-1))
     t0 = time.monotonic()
-    res = fit_stage2(data, N_LM, cfg, seed=args.seed, spacing=[(MM_PER_PX, MM_PER_PX)] * 120)
+    res = fit_stage2(data, N_LM, cfg, seed=args.seed, spacing=[(MM_PER_PX, MM_PER_PX)] * 120,
+                     reviewed=reviewed)
     wall = time.monotonic() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     res.model.save(Path(args.out).with_suffix(".model.pt"))
@@ -201,11 +217,12 @@ def child(args: argparse.Namespace) -> None:
              expected=res.expected_error_px, features=res.features,
              info=json.dumps({"wall_s": wall, "peak_rss_mb": rss, "timings": res.timings,
                               "corrected": json.loads(args.corrected or "[]"),
+                              "reviewed": args.reviewed or None,
                               "calibration": res.model.calibration, "cfg": cfg.to_dict()}))
 
 
 def run_child(name: str, preset: str, start: str, seed: int, override: dict | None = None,
-              corrected: list[int] | None = None) -> dict:
+              corrected: list[int] | None = None, reviewed: Path | None = None) -> dict:
     out = CACHE / f"stage2_bench_{name}.npz"
     if REUSE and out.exists():  # same preset + overrides + corrections + seed: deterministic
         z = np.load(out, allow_pickle=True)
@@ -213,13 +230,16 @@ def run_child(name: str, preset: str, start: str, seed: int, override: dict | No
         from lmk_studio.engine.stage2.config import load_preset
 
         want = dataclasses.replace(load_preset(preset), **(override or {})).to_dict()
-        if info.get("cfg") == want and info.get("corrected", []) == (corrected or []):
+        if (info.get("cfg") == want and info.get("corrected", []) == (corrected or [])
+                and info.get("reviewed") == (str(reviewed) if reviewed else None)):
             print(f"[bench] {name}: reusing {out.name} (identical config)", flush=True)
             return {"points": z["points"], "confidence": z["confidence"],
                     "expected": z["expected"], "features": z["features"], "info": info}
     cmd = [sys.executable, __file__, "--child", "--preset", preset, "--start", start,
-           "--seed", str(seed), "--out", str(out), "--override", json.dumps(override or {}),
-           "--corrected", json.dumps(corrected or [])]
+           "--seed", str(seed), "--threads", str(THREADS), "--out", str(out),
+           "--override", json.dumps(override or {}),
+           "--corrected", json.dumps(corrected or [])] + (
+               ["--reviewed", str(reviewed)] if reviewed else [])
     print(f"[bench] {name}: {' '.join(cmd[2:])}", flush=True)
     subprocess.run(cmd, check=True)
     z = np.load(out, allow_pickle=True)
@@ -237,12 +257,17 @@ def main() -> None:
     ap.add_argument("--out")
     ap.add_argument("--override")
     ap.add_argument("--corrected")
+    ap.add_argument("--reviewed", help="npz of the run whose points the corrections reviewed")
     ap.add_argument("--ks", default="3,10")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads per child (1 when the machine is shared)")
     ap.add_argument("--ablation", action="store_true", help="also the Table 5 middle rows")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse a cached child result whose config is identical (seeded runs "
                          "are deterministic)")
     args = ap.parse_args()
+    global THREADS
+    THREADS = args.threads
     if args.child:
         child(args)
         return
@@ -308,18 +333,34 @@ def main() -> None:
     kmax = max(ks) if ks else 0
     common = np.array([i for i in rows if i not in order[:kmax]])
     curve = [{"k": 0, "corrected": [], "mre_px_rest": metrics(c2t["points"], truth, rows)["mre_px"],
-              "mre_px_common": metrics(c2t["points"], truth, common)["mre_px"]}]
+              "mre_px_common": metrics(c2t["points"], truth, common)["mre_px"],
+              "per_landmark_px_common": metrics(c2t["points"], truth, common)["per_landmark_px"],
+              "mean_expected_px_rest": float(np.nanmean(c2t["expected"][rows])),
+              "spearman_conf_vs_error_rest": report["confidence"]["spearman_conf_vs_error"]}]
     for k in ks:
         corr = order[:k]
-        r = run_child(f"c2t_k{k}", args.preset, start, args.seed, corrected=corr)
+        r = run_child(f"c2t_k{k}", args.preset, start, args.seed, corrected=corr,
+                      reviewed=CACHE / "stage2_bench_c2t.npz")
         rest = np.array([i for i in rows if i not in corr])
+        er = np.linalg.norm(r["points"][rest] - truth[rest], axis=-1).ravel()
+        ex = r["expected"][rest].ravel()
+        cf = r["confidence"][rest].ravel()
+        ok = np.isfinite(er) & np.isfinite(ex) & np.isfinite(cf)
         curve.append({"k": k, "corrected": [f"{i + 1:03d}" for i in corr],
                       "mre_px_rest": metrics(r["points"], truth, rest)["mre_px"],
                       "mre_px_common": metrics(r["points"], truth, common)["mre_px"],
+                      "per_landmark_px_common": metrics(r["points"], truth,
+                                                        common)["per_landmark_px"],
+                      "mean_expected_px_rest": float(ex[ok].mean()),
+                      "spearman_conf_vs_error_rest": spearman(cf[ok], er[ok]),
+                      "calibration": r["info"]["calibration"],
                       "time_s": r["info"]["wall_s"]})
     report["correction_curve"] = curve
     report["common_set_size"] = int(len(common))
     report["total_wall_s"] = time.monotonic() - t_start
+    report["command"] = " ".join(["nice -n 5 .venv/bin/python training/bench_stage2.py",
+                                  *sys.argv[1:]])
+    report["machine"] = machine()
     write_report(report)
 
 
@@ -331,7 +372,8 @@ def machine() -> dict:
                 model = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": 2,
+    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": THREADS,
+            "load_avg_end": list(os.getloadavg()),
             "python": platform.python_version()}
 
 
@@ -339,12 +381,14 @@ def write_report(rep: dict) -> None:
     REPORTS.mkdir(parents=True, exist_ok=True)
     (REPORTS / "stage2.json").write_text(json.dumps(rep, indent=2, default=float))
     lines = ["# Stage II (C2T) on Hamedan — development protocol", "",
-             f"Command: `nice -n 5 .venv/bin/python training/bench_stage2.py --preset "
-             f"{rep['preset']}`  ", f"Protocol: {rep['protocol']}; 119 predicted images.  ",
-             f"Machine: {rep['machine']['cpu']}, {rep['machine']['cores']} cores, torch threads 2.  ",
+             f"Command: `{rep['command']}`  ", f"Protocol: {rep['protocol']}; 119 predicted images.  ",
+             f"Machine: {rep['machine']['cpu']}, {rep['machine']['cores']} cores, torch threads "
+             f"{rep['machine']['torch_threads']}, load average at the end "
+             f"{', '.join(f'{x:.1f}' for x in rep['machine']['load_avg_end'])}.  ",
              f"Stage II start points: {rep['start_points']}.", "",
-             "| method | MRE px | SD px | MRE mm | SDR 2/2.5/3/4 mm % | time s | peak RSS MB |",
-             "|---|---|---|---|---|---|---|"]
+             "| method | MRE px | SD px | median px | p95 px | MRE mm | SDR 2/2.5/3/4 mm % | time s "
+             "| peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, m in rep["methods"].items():
         if "unavailable" in m:
             lines.append(f"| {name} | unavailable: {m['unavailable'][:60]} | | | | | |")
@@ -353,8 +397,15 @@ def write_report(rep: dict) -> None:
         t = m.get("time_s")
         rss = m.get("peak_rss_mb")
         label = f"{name} ({m['source']})" if m.get("source") else name
-        lines.append(f"| {label} | {m['mre_px']:.1f} | {m['sd_px']:.1f} | {m['mre_mm']:.2f} | {sdr} | "
+        lines.append(f"| {label} | {m['mre_px']:.2f} | {m['sd_px']:.1f} | {m['median_px']:.1f} | "
+                     f"{m['p95_px']:.1f} | {m['mre_mm']:.2f} | {sdr} | "
                      f"{'' if t is None else f'{t:.0f}'} | {'' if rss is None else f'{rss:.0f}'} |")
+    ok = {k: m for k, m in rep["methods"].items() if "per_landmark_px" in m}
+    lines += ["", "Per-landmark MRE (px):", "",
+              "| landmark | " + " | ".join(ok) + " |", "|---|" + "---|" * len(ok)]
+    for j, nm in enumerate(NAMES):
+        lines.append(f"| {j + 1} {nm} | " + " | ".join(f"{m['per_landmark_px'][j]:.1f}"
+                                                      for m in ok.values()) + " |")
     c = rep["confidence"]
     lines += ["", "## Confidence (C2T, 119 images x 19 landmarks, no test labels used to fit)", "",
               f"- Spearman(confidence, true error) = {c['spearman_conf_vs_error']:.3f} "
@@ -369,12 +420,29 @@ def write_report(rep: dict) -> None:
               f"The k images with the lowest mean confidence are corrected from ground truth and "
               f"join the labelled set; C2T retrains. 'common' = the {rep['common_set_size']} images "
               f"never corrected for any k.", "",
-              "| k | MRE px (rest) | MRE px (common set) |", "|---|---|---|"]
+              "Expected error: the run's mean expected error on the uncorrected images; from k > 0 "
+              "its scale is set by the reviewer's corrections of the k = 0 run's points "
+              "(`confidence.rescale_from_reviews`).", "",
+              "| k | MRE px (rest) | MRE px (common set) | mean expected error px (rest) | "
+              "Spearman(conf, error) (rest) |", "|---|---|---|---|---|"]
     for row in rep["correction_curve"]:
-        lines.append(f"| {row['k']} | {row['mre_px_rest']:.1f} | {row['mre_px_common']:.1f} |")
+        lines.append(f"| {row['k']} | {row['mre_px_rest']:.2f} | {row['mre_px_common']:.2f} | "
+                     f"{row['mean_expected_px_rest']:.1f} | "
+                     f"{row['spearman_conf_vs_error_rest']:.3f} |")
+    curve = rep["correction_curve"]
+    if len(curve) > 1:
+        lines += ["", "Per-landmark MRE (px) on the common set, by k:", "",
+                  "| landmark | " + " | ".join(f"k = {r['k']}" for r in curve) + " |",
+                  "|---|" + "---|" * len(curve)]
+        for j, nm in enumerate(NAMES):
+            lines.append(f"| {j + 1} {nm} | " + " | ".join(
+                f"{r['per_landmark_px_common'][j]:.1f}" for r in curve) + " |")
     lines += ["", f"Total benchmark wall time: {rep['total_wall_s'] / 60:.1f} min (cached child "
               "results reused with --reuse count as 0).", ""]
-    (REPORTS / "stage2.md").write_text("\n".join(lines))
+    md = REPORTS / "stage2.md"
+    old = md.read_text(encoding="utf-8") if md.exists() else ""
+    extra = old[old.index(NOTES_MARK):] if NOTES_MARK in old else NOTES_MARK + "\n"
+    md.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
     print("\n".join(lines))
 
 
