@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -34,6 +35,7 @@ MM_PER_PX = 0.125
 N_LM = 19
 REUSE = "--reuse" in sys.argv
 THREADS = 2
+STAGE1_FILE = CACHE / "stage1_learned_cpu.npz"  # --stage1-file: a snapshot, if Stage I reruns
 NOTES_MARK = "<!-- notes below are hand-written and kept when the bench rewrites the table -->"
 NAMES = ["sella", "nasion", "orbitale", "porion", "subspinale (A)", "supramentale (B)",
          "pogonion", "menton", "gnathion", "gonion", "lower incisal incision",
@@ -102,7 +104,7 @@ def start_points(kind: str) -> tuple[np.ndarray, dict]:
                                                  "source": info_src}))
         return pts, {"time_s": time.monotonic() - t0, "source": info_src}
     # Stage I: the learned result of training/bench_stage1.py (same protocol, same truth/exemplar)
-    s1 = CACHE / "stage1_learned_cpu.npz"
+    s1 = STAGE1_FILE
     if not s1.exists():
         raise RuntimeError("no Stage I result yet: run training/bench_stage1.py --preset cpu")
     z = np.load(s1, allow_pickle=True)
@@ -172,6 +174,11 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def _sha1(a: np.ndarray) -> str:
+    """Identity of a start-point array, so --reuse never mixes runs from different starts."""
+    return hashlib.sha1(np.ascontiguousarray(a, dtype=np.float64).tobytes()).hexdigest()
+
+
 # ---- one method in a child process -----------------------------------------------------------
 def child(args: argparse.Namespace) -> None:
     import torch
@@ -218,6 +225,7 @@ def child(args: argparse.Namespace) -> None:
              info=json.dumps({"wall_s": wall, "peak_rss_mb": rss, "timings": res.timings,
                               "corrected": json.loads(args.corrected or "[]"),
                               "reviewed": args.reviewed or None,
+                              "start_sha1": _sha1(start),
                               "calibration": res.model.calibration, "cfg": cfg.to_dict()}))
 
 
@@ -231,12 +239,14 @@ def run_child(name: str, preset: str, start: str, seed: int, override: dict | No
 
         want = dataclasses.replace(load_preset(preset), **(override or {})).to_dict()
         if (info.get("cfg") == want and info.get("corrected", []) == (corrected or [])
+                and info.get("start_sha1") == _sha1(start_points(start)[0])
                 and info.get("reviewed") == (str(reviewed) if reviewed else None)):
             print(f"[bench] {name}: reusing {out.name} (identical config)", flush=True)
             return {"points": z["points"], "confidence": z["confidence"],
                     "expected": z["expected"], "features": z["features"], "info": info}
     cmd = [sys.executable, __file__, "--child", "--preset", preset, "--start", start,
-           "--seed", str(seed), "--threads", str(THREADS), "--out", str(out),
+           "--seed", str(seed), "--threads", str(THREADS), "--stage1-file", str(STAGE1_FILE),
+           "--out", str(out),
            "--override", json.dumps(override or {}),
            "--corrected", json.dumps(corrected or [])] + (
                ["--reviewed", str(reviewed)] if reviewed else [])
@@ -249,6 +259,7 @@ def run_child(name: str, preset: str, start: str, seed: int, override: dict | No
 
 # ---- main ------------------------------------------------------------------------------------
 def main() -> None:
+    global THREADS, STAGE1_FILE
     ap = argparse.ArgumentParser()
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--preset", default="cpu")
@@ -259,6 +270,8 @@ def main() -> None:
     ap.add_argument("--corrected")
     ap.add_argument("--reviewed", help="npz of the run whose points the corrections reviewed")
     ap.add_argument("--ks", default="3,10")
+    ap.add_argument("--stage1-file", type=Path, default=STAGE1_FILE,
+                    help="Stage I points (training/bench_stage1.py output) to start from")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads per child (1 when the machine is shared)")
     ap.add_argument("--ablation", action="store_true", help="also the Table 5 middle rows")
@@ -266,8 +279,8 @@ def main() -> None:
                     help="reuse a cached child result whose config is identical (seeded runs "
                          "are deterministic)")
     args = ap.parse_args()
-    global THREADS
     THREADS = args.threads
+    STAGE1_FILE = args.stage1_file
     if args.child:
         child(args)
         return
