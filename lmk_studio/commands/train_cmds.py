@@ -20,7 +20,6 @@ from typing import Any, TextIO
 from lmk_studio.core.errors import LmkError
 
 EXIT_CANCELLED = 130
-_DONE = ("finished", "done", "ok", "completed")
 
 
 # ---- terminal progress -----------------------------------------------------------------------
@@ -141,13 +140,6 @@ def _check_device(device: str) -> str:
     return device
 
 
-def _newest(proj, kinds: tuple[str, ...], statuses: tuple[str, ...] | None = None):
-    for r in sorted(proj.runs(), key=lambda r: r.id, reverse=True):
-        if r.kind in kinds and (statuses is None or r.status in statuses):
-            return r
-    return None
-
-
 def _summary(proj, run_id: int) -> str:
     r = proj.run(run_id)
     m = r.metrics or {}
@@ -203,8 +195,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         with _ctrl_c_cancels(token, bar.note):
             try:
-                for rid in _train_jobs(proj, stage, args.preset, device, bool(args.resume),
-                                       args.seed, bar, token):
+                for rid in _train(proj, stage, args.preset, device, bool(args.resume),
+                                  args.seed, bar, token):
                     bar.note(_summary(proj, rid))
             except Cancelled:
                 bar.note(f"cancelled; the run is checkpointed. Continue it with: lmk-studio train "
@@ -219,30 +211,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_jobs(proj, stage: str, preset: str | None, device: str, resume: bool,
-                seed: int | None, bar: ProgressBar, token) -> Iterator[int]:
-    if stage in ("1", "all"):
-        if stage == "all" and _newest(proj, ("classical",), _DONE) is None:
-            from lmk_studio.engine.classical import run_classical_job
+def _train(proj, stage: str, preset: str | None, device: str, resume: bool,
+           seed: int | None, bar: ProgressBar, token) -> list[int]:
+    """The engine's run_job (the same job the GUI runs); the CLI only maps its arguments.
 
-            bar.note("no classical preview yet: running it first")
-            yield run_classical_job(proj, progress=bar, cancel=token)
-        skip = False
-        if stage == "all" and resume:
-            # resuming 'all' after Stage I finished: go straight on to Stage II
-            s1 = _newest(proj, ("stage1",))
-            s2 = _newest(proj, ("stage2",))
-            skip = s1 is not None and s1.status in _DONE and s2 is not None and s2.id > s1.id
-        if not skip:
-            from lmk_studio.engine.stage1 import train_stage1_job
+    One --preset FILE for 'all' is split per stage by `_preset_for` (run_job wants a mapping)."""
+    from lmk_studio.engine.jobs import has_finished_run, run_job
 
-            pre = _preset_for("1", preset) if stage == "all" else preset
-            yield train_stage1_job(proj, pre, device, resume, seed, bar, token)
-    if stage in ("2", "all"):
-        from lmk_studio.engine.stage2.job import train_stage2_job
-
-        pre = _preset_for("2", preset) if stage == "all" else preset
-        yield train_stage2_job(proj, pre, device, resume, seed, bar, token)
+    job = {"1": "stage1", "2": "stage2", "all": "all"}[stage]
+    chosen: Any = preset
+    if stage == "all" and preset is not None and Path(preset).suffix:
+        chosen = {"stage1": _preset_for("1", preset), "stage2": _preset_for("2", preset)}
+    if stage == "all" and not has_finished_run(proj, ("classical",)):
+        bar.note("no classical preview yet: running it first")
+    return run_job(proj, job, chosen, device, resume, seed, progress=bar, cancel=token)
 
 
 # ---- predict ---------------------------------------------------------------------------------
@@ -277,20 +259,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         with _ctrl_c_cancels(token, bar.note):
             try:
+                from lmk_studio.engine.jobs import run_job
+
                 ids = _add_folder(proj, args.images, bar.note) if args.images else None
-                if args.method == "classical":
-                    from lmk_studio.engine.classical import run_classical_job
-
-                    rid = run_classical_job(proj, progress=bar, cancel=token, images=ids)
-                elif args.method == "stage1":
-                    from lmk_studio.engine.stage1 import predict_stage1_job
-
-                    rid = predict_stage1_job(proj, device, bar, token, ids)
-                else:
-                    from lmk_studio.engine.stage2.job import predict_stage2_job
-
-                    rid = predict_stage2_job(proj, device, bar, token, ids)
-                bar.note(_summary(proj, rid))
+                job = "classical" if args.method == "classical" else f"predict-{args.method}"
+                for rid in run_job(proj, job, device=device, progress=bar, cancel=token,
+                                   images=ids):
+                    bar.note(_summary(proj, rid))
             except Cancelled:
                 bar.note("cancelled; points already in the project are unchanged")
                 return EXIT_CANCELLED
