@@ -69,3 +69,35 @@ def test_landmark_assigned_to_epoch_zero_stays_at_its_start() -> None:
     full, _ = tr.predict([1, 2, 3])
     assert np.allclose(pred[1:4, 1], full[1:4, 1])
     assert all(torch.equal(v, trained[k]) for k, v in tr.net.state_dict().items())
+
+
+def test_adaptation_keeps_an_exact_start_and_restores_the_net() -> None:
+    """Test-time adaptation with per-point label-free choice: where the target crop already
+    equals the exemplar crop (esim 0 at the start), no adapted state can be strictly better, so
+    the point stays exactly at its start; the shared net is left as it was."""
+    torch.set_num_threads(1)
+    data, start = _data()
+    data.images[2] = data.images[0].copy()
+    data.tensors[2] = data.tensors[0].clone()
+    start[2] = start[0]
+    cfg = dataclasses.replace(CROP, epochs=0, tta_steps=3, tta_lr=3e-3)
+    tr = PassTrainer(cfg, PassData(data.images, start, data.known, 0), "crop", seed=0)
+    before = {k: v.clone() for k, v in tr.net.state_dict().items()}
+    pred, steps = tr.adapt_predict([1, 2, 3])
+    assert np.array_equal(pred[2], start[2])
+    assert (tr.tta_choice[2] == -1).all()
+    assert (tr.tta_gain[1:4] >= 0).all()            # the chosen state never scores worse
+    assert steps[1].shape == (2, 3, 2) and np.isfinite(pred[1:4]).all()
+    assert all(torch.equal(v, before[k]) for k, v in tr.net.state_dict().items())
+
+
+def test_esim_per_sample_matches_the_batch_loss() -> None:
+    from lmk_studio.engine.stage1 import losses as L
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(3, 1, 32, 32, generator=g), torch.rand(3, 1, 32, 32, generator=g)
+    m = L.landmark_mask(torch.full((3, 1, 2), 15.5), 32, 32, 2.0)
+    per = L.esim_per_sample(a, b, m)
+    for i in range(3):
+        one = L.esim_loss(a[i:i + 1], b[i:i + 1], m[i:i + 1])
+        assert torch.allclose(per[i], one, atol=1e-5)

@@ -63,6 +63,12 @@ class PassConfig:
     holdout_frac: float = 0.15
     eval_every: int = 2
     select_per_landmark: bool = False   # crop mode: each landmark keeps its own best state
+    # test-time adaptation (crop mode): per target, fine-tune the net on its own exemplar ->
+    # target crops with the unsupervised losses before predicting; 0 steps = off
+    tta_steps: int = 0
+    tta_lr: float = 1e-3
+    tta_n_local: int = 2
+    tta_select: str = "best"        # best (lowest esim per landmark, start included) | last
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,6 +119,9 @@ class Stage1Config:
             raise LmkError("Stage I preset: consensus 'via' must be classical or refine")
         if cfg.consensus.get("when", "start") not in ("start", "final"):
             raise LmkError("Stage I preset: consensus 'when' must be start or final")
+        for sec_ in (cfg.coarse, cfg.refine):
+            if sec_ is not None and sec_.tta_select not in ("best", "last"):
+                raise LmkError("Stage I preset: tta_select must be best or last")
         if cfg.start not in ("learned", "classical"):
             raise LmkError(f"Stage I preset: start must be learned or classical, not {cfg.start}")
         if cfg.start == "learned" and cfg.coarse is None:

@@ -63,6 +63,17 @@ def esim_loss(warped: torch.Tensor, dst: torch.Tensor, mask: torch.Tensor | None
     return loss
 
 
+def esim_per_sample(warped: torch.Tensor, dst: torch.Tensor, mask: torch.Tensor | None,
+                    use_edges: bool = True) -> torch.Tensor:
+    """(B,) Eq. 13 per pair (the same terms as esim_loss, each pair normalised by its own mask):
+    the label-free score a per-pair choice is made with."""
+    loss = (1 - ssim_map(warped, dst)).mean(dim=(1, 2, 3))
+    if use_edges and mask is not None:
+        d = (1 - ssim_map(edge_map(warped), edge_map(dst))).mean(1, keepdim=True)
+        loss = loss + (d * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp(min=1e-6)
+    return loss
+
+
 def esmooth_loss(flow: torch.Tensor, warped: torch.Tensor, temperature: float = 0.1,
                  edge_weighted: bool = True) -> torch.Tensor:
     """Eq. 15-16: squared flow gradients (px units), weighted by exp(-|edge|^2 / T)."""

@@ -321,12 +321,26 @@ def fit_stage1(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, cfg: Stage1C
             # predict from the ORIGINAL start (the EMA points were the training state)
             tr.ema = p_small.copy()
             targets = [k for k in range(m) if k != ex]
-            pred, steps = _predict_per_landmark(tr, targets)
+            if r.tta_steps > 0:
+                t2 = time.monotonic()
+                pred, steps = tr.adapt_predict(targets, progress, cancel)
+                timings["adapt_s"] = time.monotonic() - t2
+                ch = tr.tta_choice[targets]
+                ch = ch[ch > -2]
+                history["refine_adapt_choice"] = {
+                    "start": int((ch == -1).sum()),
+                    "adapted": int((ch >= 0).sum())}
+                notes.append(f"test-time adaptation: {r.tta_steps} steps per target "
+                             f"(select {r.tta_select}); {int((ch >= 0).sum())} of {ch.size} "
+                             "points moved, the rest kept at their start")
+            else:
+                pred, steps = _predict_per_landmark(tr, targets)
             for k in targets:
                 pts[k] = (pred[k] + 0.5) * r.scale - 0.5
                 steps_final[k] = pts[k]
-                steps_train[k] = (steps[k][min(r.n_local_train, len(steps[k]) - 1)] + 0.5) \
-                    * r.scale - 0.5
+                # adaptation: [previous local step, final]; otherwise train depth vs final
+                i_tr = 0 if r.tta_steps > 0 else min(r.n_local_train, len(steps[k]) - 1)
+                steps_train[k] = (steps[k][i_tr] + 0.5) * r.scale - 0.5
             notes.append(tr.net.pretrained_note)
             history["refine"] = tr.history
             models["refine"] = tr.net

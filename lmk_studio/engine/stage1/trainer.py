@@ -271,6 +271,98 @@ class PassTrainer:
             steps[t] = allp
         return out, steps
 
+    def adapt_predict(self, targets: list[int], progress: ProgressCallback = no_progress,
+                      cancel: CancelToken | None = None) -> tuple[np.ndarray,
+                                                                  dict[int, np.ndarray]]:
+        """Crop mode, test-time adaptation (instance optimisation): for each target, a copy of
+        the current net is fine-tuned for `tta_steps` Adam steps on that target's own
+        exemplar -> target crops (all landmarks, one batch) with the unsupervised local losses
+        (esim + smoothness + inverse consistency), no labels. Each landmark then takes the
+        candidate (its start point, or the net after 0..tta_steps updates) chosen by
+        `tta_select`: "best" = lowest esim of that pair (label-free), "last" = the final net.
+        Returns points (working px) and per-target [previous local step, final] points."""
+        cfg, d, ex = self.cfg, self.data, self.data.exemplar
+        base = copy.deepcopy(self.net.state_dict())
+        n = d.points.shape[1]
+        c = (cfg.crop - 1) / 2
+        n_loc = max(1, cfg.tta_n_local)
+        out = np.full((len(d.images), n, 2), np.nan)
+        steps: dict[int, np.ndarray] = {}
+        self.tta_choice = np.full((len(d.images), n), -2, dtype=int)  # -1 start, k = after k
+        self.tta_gain = np.full((len(d.images), n), np.nan)   # esim(start) - esim(chosen)
+        clock = EtaClock(len(targets))
+        try:
+            for it, t in enumerate(targets, 1):
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                ok = np.isfinite(d.points[ex]).all(-1) & np.isfinite(self.start[t]).all(-1)
+                allp = np.full((2, n, 2), np.nan)
+                if ok.any():
+                    pts, prev, choice, gain = self._adapt_one(t, ok, base, n_loc, c)
+                    allp[0, ok], allp[1, ok] = prev, pts
+                    self.tta_choice[t, ok] = choice
+                    self.tta_gain[t, ok] = gain
+                out[t] = allp[1]
+                steps[t] = allp
+                progress(ProgressEvent(stage=self.stage + "-adapt", epoch=0, epochs=1, step=it,
+                                       steps=len(targets), eta_s=clock.eta(it),
+                                       message=f"test-time adaptation {it}/{len(targets)}"))
+        finally:
+            self.net.load_state_dict(base)
+        return out, steps
+
+    def _adapt_one(self, t: int, ok: np.ndarray, base: dict, n_loc: int, c: float):
+        cfg, d, ex = self.cfg, self.data, self.data.exemplar
+        self.net.load_state_dict(base)
+        self.net.eval()                               # dropout off: a deterministic objective
+        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.tta_lr)
+        src = crops(d.tensors[ex], torch.from_numpy(d.points[ex][ok]).float(), cfg.crop)
+        start = self.start[t][ok]
+        dst = crops(d.tensors[t], torch.from_numpy(start).float(), cfg.crop)
+        k = int(ok.sum())
+        p0 = torch.full((k, 1, 2), c)
+        pn = px_to_norm(p0, cfg.crop, cfg.crop)
+        mask0 = L.landmark_mask(p0, cfg.crop, cfg.crop, cfg.sigma) if cfg.edge_sim else None
+        with torch.no_grad():
+            best = L.esim_per_sample(src, dst, mask0, cfg.edge_sim).numpy()
+        e_start = best.copy()
+        best_p, best_prev = start.copy(), start.copy()
+        choice = np.full(k, -1, dtype=int)
+        last_p = last_prev = start
+        for s in range(cfg.tta_steps + 1):
+            train = s < cfg.tta_steps
+            with torch.set_grad_enabled(train):
+                r = self.net(src, dst, n_loc, pn)
+                esim = smooth = inv = torch.zeros(())
+                for j, flow in enumerate(r["flows"]):
+                    wk, prv = r["warped"][j + 1], r["warped"][j]
+                    m = (L.landmark_mask(norm_to_px(r["points"][j + 1].detach(), cfg.crop,
+                                                    cfg.crop), cfg.crop, cfg.crop, cfg.sigma)
+                         if cfg.edge_sim else None)
+                    e_s = L.esim_per_sample(wk, dst, m, cfg.edge_sim)
+                    esim = esim + e_s.mean()
+                    smooth = smooth + L.esmooth_loss(flow, wk, cfg.temperature, cfg.edge_smooth)
+                    if cfg.use_inv:
+                        inv = inv + L.inv_loss(flow, prv, dst)
+                score = e_s.detach().numpy()          # the last step's esim, per pair
+                q = [start + norm_to_px(x.detach(), cfg.crop, cfg.crop)[:, 0].numpy() - c
+                     for x in r["points"]]
+                last_p, last_prev = q[-1], q[-2]
+                better = score < best - 1e-6      # float noise is not an improvement
+                best[better] = score[better]
+                best_p[better], best_prev[better] = q[-1][better], q[-2][better]
+                choice[better] = s
+                if train:
+                    nf = len(r["flows"])
+                    loss = (esim + cfg.lambda_smooth * smooth + cfg.lambda_inv * inv) / nf
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
+                    opt.step()
+        if cfg.tta_select == "last":
+            return last_p, last_prev, np.full(k, cfg.tta_steps, dtype=int), e_start - score
+        return best_p, best_prev, choice, e_start - best
+
     @torch.no_grad()
     def register_crops(self, src: int, src_pts: np.ndarray, dst: int, dst_start: np.ndarray,
                        n_local: int | None = None) -> np.ndarray:
