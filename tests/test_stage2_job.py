@@ -10,17 +10,23 @@ import pytest
 from lmk_studio.core.points import Source, Status
 
 
-def test_stage2_job_writes_predictions_and_never_overwrites_trusted_points(tmp_path) -> None:
-    store = pytest.importorskip("lmk_studio.core.store")
+def _demo_and_tiny_preset(tmp_path, steps: int):
+    """A 5-image phantom demo project and a Stage II preset small enough for a test."""
     phantoms = pytest.importorskip("lmk_studio.core.phantoms")
-    from lmk_studio.engine.stage2 import predict_stage2_job, train_stage2_job
-
     lmk = phantoms.write_demo_project(tmp_path / "demo", n=5, size=(160, 128), seed=0)
     cfg = {"detector": {"kind": "unet", "base": 8, "depth": 2}, "patch": 32, "scale": 1.0,
-           "sigma": 1.5, "steps": 6, "steps_per_epoch": 3, "batch_trusted": 4,
+           "sigma": 1.5, "steps": steps, "steps_per_epoch": steps // 2, "batch_trusted": 4,
            "batch_pseudo": 4, "calib_warps": 1, "tolerance_px": 6.0}
-    preset_path = tmp_path / "tiny.json"
-    preset_path.write_text(json.dumps(cfg))
+    preset = tmp_path / "tiny.json"
+    preset.write_text(json.dumps(cfg))
+    return lmk, preset
+
+
+def test_stage2_job_writes_predictions_and_never_overwrites_trusted_points(tmp_path) -> None:
+    store = pytest.importorskip("lmk_studio.core.store")
+    from lmk_studio.engine.stage2 import predict_stage2_job, train_stage2_job
+
+    lmk, preset_path = _demo_and_tiny_preset(tmp_path, steps=6)
 
     with store.Project.open(lmk) as p:
         ex = p.exemplar_id
@@ -61,16 +67,10 @@ def test_retraining_sets_the_expected_error_scale_from_the_reviewers_corrections
     """The reviewer moves every point of two images 9 px from the first run's answer; the next
     run's expected-error scale shifts by exactly the median log ratio of those moves."""
     store = pytest.importorskip("lmk_studio.core.store")
-    phantoms = pytest.importorskip("lmk_studio.core.phantoms")
     from lmk_studio.engine.stage2 import train_stage2_job
     from lmk_studio.engine.stage2.confidence import MIN_REVIEWED
 
-    lmk = phantoms.write_demo_project(tmp_path / "demo", n=5, size=(160, 128), seed=0)
-    cfg = {"detector": {"kind": "unet", "base": 8, "depth": 2}, "patch": 32, "scale": 1.0,
-           "sigma": 1.5, "steps": 4, "steps_per_epoch": 2, "batch_trusted": 4,
-           "batch_pseudo": 4, "calib_warps": 1, "tolerance_px": 6.0}
-    preset = tmp_path / "tiny.json"
-    preset.write_text(json.dumps(cfg))
+    lmk, preset = _demo_and_tiny_preset(tmp_path, steps=4)
     with store.Project.open(lmk) as p:
         ex = p.exemplar_id
         others = [r.id for r in p.images() if r.id != ex]
