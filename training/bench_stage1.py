@@ -309,7 +309,9 @@ def format_report(rep: dict) -> str:
     lr = rep["methods"][key]
     cl = rep["methods"]["classical preview"]
     sps = ", ".join(f"{k} {v:.3f} s/step ({lr['steps'][k]} steps)"
-                    for k, v in lr["s_per_step"].items())
+                    for k, v in lr["s_per_step"].items()) or "no pre-training steps"
+    if lr["timings"].get("adapt_s") is not None:
+        sps += f"; test-time adaptation {lr['timings']['adapt_s']:.0f} s"
     lines += ["", "Timing of the learned stage: "
               f"{lr['train_predict_s']:.0f} s train + predict ({sps}); time column = that + the "
               f"classical start ({cl['time_s']:.0f} s, median {cl['per_image_s']:.2f} s/image); "
