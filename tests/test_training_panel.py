@@ -124,6 +124,8 @@ def test_pickers_show_presets_files_and_the_device(panel, tmp_path) -> None:
 def test_words_for_stages_and_eta() -> None:
     assert stage_words("stage2-load") == "Stage II: loading images"
     assert stage_words("stage1-coarse") == "Stage I: training (coarse)"
+    assert stage_words("stage1-refine-adapt") == "Stage I: adapting to each image"
+    assert stage_words("stage1-consensus") == "Stage I: consensus over similar images"
     assert format_eta(75) == "ETA 1:15" and format_eta(3725) == "ETA 1:02:05"
     assert format_eta(None) == "ETA –"
 

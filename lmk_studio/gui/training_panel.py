@@ -42,6 +42,8 @@ STAGE_WORDS = {
     "stage1-load": "Stage I: loading images",
     "stage1": "Stage I: training",
     "stage1-predict": "Stage I: predicting",
+    "stage1-consensus": "Stage I: consensus over similar images",
+    "stage1-refine-adapt": "Stage I: adapting to each image",
     "stage2-load": "Stage II: loading images",
     "stage2": "Stage II: training",
     "stage2-predict": "Stage II: predicting",
