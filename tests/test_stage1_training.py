@@ -14,12 +14,6 @@ from lmk_studio.engine.common import Cancelled, CancelToken
 from lmk_studio.engine.stage1 import PassConfig, Stage1Config, fit_stage1
 from lmk_studio.engine.stage1.trainer import PassData, PassTrainer
 
-# The whole-image coarse pass alone (ECC global + learned flows trained for 30 steps) does not
-# beat ECC within a test-sized budget (measured 1.07 vs 1.05 px on these phantoms); kept
-# switchable so the check is one flag away. The cpu preset's path (classical preview -> learned
-# crop refinement with test-time adaptation) is checked against the preview below.
-BEAT_CLASSICAL_CHECK = False
-
 TINY = PassConfig(size=(48, 48), backbone="small_cnn", width=4, d_model=16, heads=2, n_layers=1,
                   epochs=2, steps_per_epoch=2, batch=2, lr=1e-3, eval_every=1, sigma=2.0)
 
@@ -58,7 +52,11 @@ def _data(n: int = 8) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def test_short_training_beats_identity_by_half() -> None:
-    """Classical (ECC) global step + learned local flows (the paper's 'sift' row, Table 2)."""
+    """Classical (ECC) global step + learned local flows (the paper's 'sift' row, Table 2).
+
+    This whole-image pass alone does not beat ECC within a test-sized budget (measured 1.07 vs
+    1.05 px on these phantoms), so only the identity bound is checked here; the cpu preset's path
+    (preview -> learned crop refinement with test-time adaptation) must beat the preview below."""
     torch.set_num_threads(2)
     imgs, truth = _data(8)
     sec = dataclasses.replace(TINY, size=(64, 64), epochs=6, steps_per_epoch=5, batch=4, lr=2e-3,
@@ -70,12 +68,6 @@ def test_short_training_beats_identity_by_half() -> None:
     assert err < 0.5 * ident, (err, ident)
     assert res.confidence.shape == truth.shape[:2]
     assert np.all((res.confidence >= 0) & (res.confidence <= 1))
-    if not BEAT_CLASSICAL_CHECK:
-        return
-    classical = fit_stage1(imgs, 0, truth[0], Stage1Config(
-        name="ecc", start="learned", coarse=dataclasses.replace(sec, epochs=0, n_local_infer=0)))
-    err_c = np.linalg.norm(classical.points[1:] - truth[1:], axis=-1).mean()
-    assert err < err_c, (err, err_c)
 
 
 def test_learned_refinement_beats_the_classical_preview() -> None:
