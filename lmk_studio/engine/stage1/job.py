@@ -137,6 +137,8 @@ def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
         res = fit_stage1(full, ex, ex_pts, cfg, seed, dev, progress, cancel, ckdir,
                          prev_dir is not None, start)
         paths = {}
+        # a preset whose passes never checkpoint (e.g. cpu: refine epochs 0) made no folder yet
+        ckdir.mkdir(parents=True, exist_ok=True)
         extra = res.models.get("refine_landmark_states")
         for name, net in res.models.items():
             if name == "refine_landmark_states":
