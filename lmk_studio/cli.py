@@ -78,6 +78,12 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default="stage2", choices=["classical", "stage1", "stage2"])
     s.add_argument("--images", help="a folder of new images (added to the project)")
     s.add_argument("--device", default="auto")
+
+    s = sub.add_parser("suggest-exemplar",
+                       help="rank the images by how well each would serve as the exemplar")
+    s.add_argument("project", help="project file (or a folder of images)")
+    s.add_argument("--top", type=int, default=10, help="rows to print (0 = all; default 10)")
+    s.add_argument("--json", help="write the whole ranking here")
     return p
 
 
@@ -96,7 +102,8 @@ def _split_project_to_open(argv: list[str]) -> tuple[list[str], str | None]:
     return argv, None
 
 
-_COMMANDS = ("new", "import", "export", "evaluate", "info", "demo", "train", "predict")
+_COMMANDS = ("new", "import", "export", "evaluate", "info", "demo", "train", "predict",
+             "suggest-exemplar")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_app(project=project_to_open, demo=args.demo)
         from lmk_studio import commands
 
-        handler = getattr(commands, f"cmd_{args.command}")
+        handler = getattr(commands, f"cmd_{args.command.replace('-', '_')}")
         return int(handler(args) or 0)
     except LmkError as exc:
         print(f"lmk-studio: error: {exc}", file=sys.stderr)
