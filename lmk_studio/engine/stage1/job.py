@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from lmk_studio.core.errors import LmkError
 from lmk_studio.core.points import LandmarkPoint, Source, Status
+from lmk_studio.engine import checkpoints
+from lmk_studio.engine.checkpoints import model_dir
 from lmk_studio.engine.common import (
     Cancelled,
     CancelToken,
@@ -37,10 +38,6 @@ def _open(project: Any):
 
         return Project.open(Path(project)), True
     return project, False
-
-
-def model_dir(project) -> Path:
-    return Path(str(project.path) + ".models")
 
 
 def load_normalized(path: Path) -> np.ndarray:
@@ -102,13 +99,16 @@ def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
         for r in sorted(proj.runs(), key=lambda r: r.id, reverse=True):
             if r.kind == RUN_KIND and r.status in ("cancelled", "running", "failed"):
                 c = (r.checkpoints or {}).get("dir")
-                if c and Path(c).exists():
-                    prev_dir = Path(c)
+                if c:
+                    d = checkpoints.resolve(proj, c, f"checkpoint folder of run {r.id}")
+                    prev_dir = d if d.is_dir() else None
                 break
     run_id = proj.start_run(RUN_KIND, {"preset": cfg.name, "stage1": cfg.to_dict(), "seed": seed,
                                        "device": str(dev),
-                                       "resumed_from": str(prev_dir) if prev_dir else None})
+                                       "resumed_from": (checkpoints.to_stored(proj, prev_dir)
+                                                        if prev_dir else None)})
     ckdir = prev_dir or (model_dir(proj) / f"stage1_run{run_id}")
+    ck_stored = checkpoints.to_stored(proj, ckdir)
     try:
         full, used, faults = [], [], []
         for k, rec in enumerate(records):
@@ -147,22 +147,22 @@ def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
             blob = {"state": net.state_dict(), "config": cfg.to_dict()}
             if name == "refine" and extra:
                 blob["landmark_states"] = extra
-            torch.save(blob, path)
-            paths[name] = str(path)
+            checkpoints.save(blob, path)
+            paths[name] = checkpoints.to_stored(proj, path)
         written = _write(proj, run_id, used, ex, res)
         proj.finish_run(run_id, "finished",
                         metrics={"images": len(used), "points_written": written, "faults": faults,
                                  "notes": res.notes,
                                  "mean_confidence": float(np.nanmean(res.confidence)),
                                  "selection": "label-free: held-out esim+global loss"},
-                        checkpoints={"dir": str(ckdir), **paths}, timings=res.timings)
+                        checkpoints={"dir": ck_stored, **paths}, timings=res.timings)
         return run_id
     except Cancelled:
-        proj.finish_run(run_id, "cancelled", checkpoints={"dir": str(ckdir)})
+        proj.finish_run(run_id, "cancelled", checkpoints={"dir": ck_stored})
         raise
     except BaseException as exc:
         proj.finish_run(run_id, "failed", metrics={"error": str(exc)},
-                        checkpoints={"dir": str(ckdir)})
+                        checkpoints={"dir": ck_stored})
         raise
 
 
@@ -225,8 +225,10 @@ def predict_stage1_job(project: Any, device: str = "auto",
                 if p.placed:
                     ex_pts[p.index] = (p.x, p.y)
             start = _classical_points(proj, ids, n) if cfg.start == "classical" else None
-            res = predict_with_models(full, ex, ex_pts, cfg, src.checkpoints, dev, start,
-                                      progress, cancel)
+            models = {k: checkpoints.resolve(proj, v, f"Stage I {k} model of run {src.id}")
+                      for k, v in (src.checkpoints or {}).items() if k in ("coarse", "refine")}
+            res = predict_with_models(full, ex, ex_pts, cfg, models, dev, start, progress,
+                                      cancel)
             written = _write(proj, run_id, recs, ex, res)
         except Cancelled:
             proj.finish_run(run_id, "cancelled")

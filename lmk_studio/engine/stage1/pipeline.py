@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import torch
 
+from lmk_studio.core.errors import LmkError
+from lmk_studio.engine import checkpoints
 from lmk_studio.engine.common import (
     CancelToken,
     EtaClock,
@@ -222,11 +224,16 @@ def _pass(cfg: PassConfig, data: PassData, mode: str, seed: int, device, progres
           init: str | None = None) -> PassTrainer:
     tr = PassTrainer(cfg, data, mode, seed, device, stage, given)
     if init is not None:
-        saved = torch.load(init, map_location="cpu", weights_only=False)
-        tr.net.load_state_dict(saved["state"])
-        if saved.get("landmark_states"):
-            tr.lm_states = dict(saved["landmark_states"]["states"])
-            tr.lm_best_epoch = np.asarray(saved["landmark_states"]["epochs"], dtype=int)
+        saved = checkpoints.load(init)
+        try:
+            tr.net.load_state_dict(saved["state"])
+            if saved.get("landmark_states"):
+                tr.lm_states = dict(saved["landmark_states"]["states"])
+                tr.lm_best_epoch = np.asarray(saved["landmark_states"]["epochs"], dtype=int)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise LmkError(f"{init}: not a Stage I {mode} model of this preset "
+                           f"({type(exc).__name__}: {str(exc)[:200]}); train Stage I again"
+                           ) from None
     if tr.net.pretrained_note:
         progress(ProgressEvent(stage=stage, epoch=0, epochs=cfg.epochs, step=0,
                                steps=cfg.steps_per_epoch, message=tr.net.pretrained_note))

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmk_studio.core.errors import LmkError
+from lmk_studio.engine import checkpoints
 from lmk_studio.engine.common import (
     CancelToken,
     EtaClock,
@@ -481,11 +483,12 @@ class PassTrainer:
         self.net.load_state_dict(s["net"])
         self.opt.load_state_dict(s["opt"])
         self.epoch = int(s["epoch"])
-        self.gen.set_state(s["gen"])
-        torch.set_rng_state(s["torch_rng"])
+        self.gen.set_state(torch.as_tensor(s["gen"], dtype=torch.uint8))
+        torch.set_rng_state(torch.as_tensor(s["torch_rng"], dtype=torch.uint8))
         random.setstate(s["py_rng"])
-        np.random.set_state(s["np_rng"])
-        self.ema = np.array(s["ema"])
+        kind, key, *rest = s["np_rng"]
+        np.random.set_state((kind, np.asarray(key, dtype=np.uint32), *rest))
+        self.ema = torch.as_tensor(s["ema"]).cpu().numpy().copy()
         self.ema_started = bool(s["ema_started"])
         self.best_val = float(s["best_val"])
         self.best_state = s["best_state"]
@@ -496,17 +499,20 @@ class PassTrainer:
         self.holdout = list(s["holdout"])
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state(), tmp)
-        tmp.replace(path)
+        checkpoints.save(self.state(), path)
 
     # -- the loop
     def fit(self, progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
             checkpoint: Path | None = None, resume: bool = False) -> EGTNet:
         cfg = self.cfg
         if resume and checkpoint is not None and checkpoint.exists():
-            self.load_state(torch.load(checkpoint, map_location="cpu", weights_only=False))
+            st = checkpoints.load(checkpoint)
+            try:
+                self.load_state(st)
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+                raise LmkError(f"{checkpoint}: cannot resume from this checkpoint "
+                               f"({type(exc).__name__}: {str(exc)[:200]}); train without "
+                               "--resume") from None
         total = cfg.epochs * cfg.steps_per_epoch
         clock = EtaClock(max(1, total - self.epoch * cfg.steps_per_epoch))
         done0 = self.epoch * cfg.steps_per_epoch

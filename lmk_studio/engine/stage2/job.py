@@ -17,6 +17,8 @@ import torch
 
 from lmk_studio.core.errors import LmkError
 from lmk_studio.core.points import LandmarkPoint, Source, Status
+from lmk_studio.engine import checkpoints
+from lmk_studio.engine.checkpoints import model_dir
 from lmk_studio.engine.common import (
     Cancelled,
     CancelToken,
@@ -44,10 +46,6 @@ def _open(project: Any):
 
         return Project.open(Path(project)), True
     return project, False
-
-
-def model_dir(project) -> Path:
-    return Path(str(project.path) + ".models")
 
 
 def _start_points(project, image_ids: Sequence[int], n: int) -> tuple[dict[int, np.ndarray], str]:
@@ -142,13 +140,16 @@ def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
         for r in sorted(proj.runs(), key=lambda r: r.id, reverse=True):
             if r.kind == RUN_KIND and r.status in ("cancelled", "running", "failed"):
                 c = (r.checkpoints or {}).get("trainer")
-                if c and Path(c).exists():
-                    prev_ckpt = Path(c)
+                if c:
+                    f = checkpoints.resolve(proj, c, f"trainer checkpoint of run {r.id}")
+                    prev_ckpt = f if f.is_file() else None
                 break
     run_id = proj.start_run(RUN_KIND, {"preset": cfg.name, "stage2": cfg.to_dict(), "seed": seed,
                                        "device": str(dev), "start_points": start_src,
-                                       "resumed_from": str(prev_ckpt) if prev_ckpt else None})
+                                       "resumed_from": (checkpoints.to_stored(proj, prev_ckpt)
+                                                        if prev_ckpt else None)})
     ckpt = prev_ckpt or (model_dir(proj) / f"stage2_run{run_id}" / "trainer.pt")
+    ck_stored = checkpoints.to_stored(proj, ckpt)
     try:
         images, factors, points, trusted, faults, used = [], [], [], [], [], []
         cimages, cfactors = [], []
@@ -200,15 +201,16 @@ def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
                                  "faults": faults, "calibration": res.model.calibration,
                                  "mean_expected_error_px": float(np.nanmean(
                                      np.where(data.trusted, np.nan, res.expected_error_px)))},
-                        checkpoints={"model": str(mpath), "trainer": str(ckpt)},
+                        checkpoints={"model": checkpoints.to_stored(proj, mpath),
+                                     "trainer": ck_stored},
                         timings=res.timings)
         return run_id
     except Cancelled:
-        proj.finish_run(run_id, "cancelled", checkpoints={"trainer": str(ckpt)})
+        proj.finish_run(run_id, "cancelled", checkpoints={"trainer": ck_stored})
         raise
     except BaseException as exc:
         proj.finish_run(run_id, "failed", metrics={"error": str(exc)},
-                        checkpoints={"trainer": str(ckpt)})
+                        checkpoints={"trainer": ck_stored})
         raise
 
 
@@ -236,8 +238,10 @@ def _latest_model(proj) -> tuple[int, Path]:
     for r in sorted(proj.runs(), key=lambda r: r.id, reverse=True):
         if r.kind == RUN_KIND and r.status == "finished":
             m = (r.checkpoints or {}).get("model")
-            if m and Path(m).exists():
-                return r.id, Path(m)
+            if m:
+                f = checkpoints.resolve(proj, m, f"Stage II model of run {r.id}")
+                if f.is_file():
+                    return r.id, f
     raise LmkError(f"{proj.path}: no trained Stage II model yet: train Stage II first")
 
 

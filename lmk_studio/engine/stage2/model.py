@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmk_studio.core.errors import LmkError
+from lmk_studio.engine import checkpoints
+
 from .config import Stage2Config
 from .decode import decode_heatmaps
 from .detectors import build_detector
@@ -50,11 +53,7 @@ class Stage2Model:
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self._state(), tmp)
-        tmp.replace(path)
+        checkpoints.save(self._state(), path)
 
     def _state(self) -> dict:
         return {"format": "lmk_studio.stage2/1", "cfg": self.cfg.to_dict(),
@@ -64,8 +63,13 @@ class Stage2Model:
 
     @classmethod
     def load(cls, path: Path, device: torch.device | str = "cpu") -> Stage2Model:
-        return cls._from_state(torch.load(Path(path), map_location=device, weights_only=False),
-                               device)
+        """Tensors and plain data only (a project's files are untrusted input)."""
+        st = checkpoints.load(path, map_location=device)
+        try:
+            return cls._from_state(st, device)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, LmkError) as exc:
+            raise LmkError(f"{path}: not a Stage II model of this version ({type(exc).__name__}: "
+                           f"{str(exc)[:200]}); train Stage II again") from None
 
     @classmethod
     def _from_state(cls, st: dict, device: torch.device | str) -> Stage2Model:

@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 import torch
 
+from lmk_studio.core.errors import LmkError
+from lmk_studio.engine import checkpoints
 from lmk_studio.engine.common import (
     Cancelled,
     CancelToken,
@@ -208,16 +210,18 @@ class Stage2Trainer:
     def save_checkpoint(self) -> None:
         if self.checkpoint is None:
             return
-        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(self.checkpoint)
+        checkpoints.save(self.state_dict(), self.checkpoint)
 
     def try_resume(self) -> bool:
         if self.checkpoint is None or not self.checkpoint.exists():
             return False
-        st = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
-        self.load_state_dict(st)
+        st = checkpoints.load(self.checkpoint, map_location=self.device)
+        try:
+            self.load_state_dict(st)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise LmkError(f"{self.checkpoint}: cannot resume from this checkpoint "
+                           f"({type(exc).__name__}: {str(exc)[:200]}); train without --resume"
+                           ) from None
         return True
 
     # ---- training ----------------------------------------------------------------------------
