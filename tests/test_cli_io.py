@@ -208,3 +208,79 @@ def test_evaluate_hamedan_doctor_vs_doctor(hamedan, tmp_path, capsys):
     assert r["n_images"] == 119 and r["unit"] == "mm"
     assert r["n_evaluated"] == 119 * 19 - 10  # 8 + 2 faulty points; 001 has none of them
     assert 11.0 < r["mre_px"] < 12.0  # the README's ~11.8 px inter-doctor floor
+
+
+# ---- exports that respect what is there (issue 13, item 7) ---------------------------------
+def _one_point(proj: Path) -> None:
+    with store.Project.open(proj) as p:
+        rec = p.images()[0]
+        p.set_points([(rec.id, LandmarkPoint(0, 1.0, 2.0, Status.ACCEPTED, Source.MANUAL))])
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_export_to_a_device_is_refused_and_the_node_kept(tmp_path, capsys):
+    import stat
+
+    proj = _project(tmp_path)
+    assert main(["export", str(proj), "--csv", "/dev/full"]) == 2
+    assert "character device" in capsys.readouterr().err
+    assert stat.S_ISCHR(Path("/dev/full").stat().st_mode)
+
+
+def test_export_csv_and_json_write_nothing_when_one_fails(tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    proj = _project(tmp_path)
+    _one_point(proj)
+    out = tmp_path / "out"
+    out.mkdir()
+    n = {"fsync": 0}
+    real = os.fsync
+
+    def fsync(fd: int) -> None:  # the second file's data does not fit on the disk
+        n["fsync"] += 1
+        if n["fsync"] == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    rc = main(["export", str(proj), "--csv", str(out / "a.csv"), "--json", str(out / "a.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "No space left" in err and "nothing was written" in err
+    assert list(out.iterdir()) == []
+
+
+def test_export_same_file_twice_is_refused(tmp_path, capsys):
+    proj = _project(tmp_path)
+    t = tmp_path / "x.json"
+    assert main(["export", str(proj), "--json", str(t), "--coco", str(t)]) == 2
+    assert "same file" in capsys.readouterr().err and not t.exists()
+
+
+def test_names_with_a_leading_tab_or_space_survive_a_csv_round_trip(tmp_path, capsys):
+    import cv2
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    names = [" a.png", "\tb.png", "=c.png"]
+    for n in names:
+        ok, buf = cv2.imencode(".png", np.full((40, 50), 128, np.uint8))
+        (d / n).write_bytes(buf.tobytes())
+    proj = tmp_path / "p.lmk"
+    with store.Project.create(proj, _template(), images_dir=d) as p:
+        p.set_points([(r.id, LandmarkPoint(0, 1.0 + r.id, 2.0, Status.ACCEPTED, Source.MANUAL))
+                      for r in p.images()])
+        before = {r.name: p.points(r.id)[0] for r in p.images()}
+    csv_f = tmp_path / "o.csv"
+    assert main(["export", str(proj), "--csv", str(csv_f)]) == 0
+    proj2 = tmp_path / "p2.lmk"
+    store.Project.create(proj2, _template(), images_dir=d).close()
+    capsys.readouterr()
+    assert main(["import", str(proj2), "--csv", str(csv_f)]) == 0
+    out = capsys.readouterr().out
+    assert "3 point(s) imported" in out and "0 unknown image(s)" in out
+    with store.Project.open(proj2) as p:
+        after = {r.name: p.points(r.id)[0] for r in p.images()}
+    assert sorted(after) == sorted(names)
+    assert {k: (v.x, v.y) for k, v in after.items()} == {k: (v.x, v.y) for k, v in before.items()}

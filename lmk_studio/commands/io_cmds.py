@@ -8,6 +8,7 @@ importable, contradictory exemplar) is an ImportFault: message on stderr, exit 2
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from lmk_studio.core.errors import LmkError
@@ -45,7 +46,12 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """Every requested file is built in memory first, then all are written together
+    (``fileio.atomic_write_many``): a full disk or a refused target leaves none of them
+    written rather than a CSV without its JSON, and a failure while moving them into place
+    names those already written."""
     from lmk_studio.core import formats
+    from lmk_studio.core.fileio import atomic_write_many
 
     if not (args.csv or args.json or args.coco):
         raise LmkError("export: give at least one of --csv FILE, --json FILE, --coco FILE")
@@ -53,16 +59,29 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise LmkError("export: --wide applies to --csv only")
     reviewed = bool(args.reviewed_only)
     what = "reviewed points" if reviewed else "points"
+    items: list[tuple[str, bytes, str]] = []
+    lines: list[str] = []
     with _open(args.project) as proj:
         n_img = len(proj.images())
         if args.csv:
-            n = formats.export_csv(proj, args.csv, wide=bool(args.wide), reviewed_only=reviewed)
+            data, n = formats.render_csv(proj, args.csv, wide=bool(args.wide),
+                                         reviewed_only=reviewed)
             unit = "image row(s)" if args.wide else f"row(s) of {what}"
-            print(f"wrote {n} {unit} ({n_img} images) to {args.csv}")
+            items.append((args.csv, data, "the CSV export"))
+            lines.append(f"wrote {n} {unit} ({n_img} images) to {args.csv}")
         if args.json:
-            n = formats.export_json(proj, args.json, reviewed_only=reviewed)
-            print(f"wrote {n} {what} of {n_img} images to {args.json}")
+            data, n = formats.render_json(proj, args.json, reviewed_only=reviewed)
+            items.append((args.json, data, "the JSON export"))
+            lines.append(f"wrote {n} {what} of {n_img} images to {args.json}")
         if args.coco:
-            n = formats.export_coco(proj, args.coco, reviewed_only=reviewed)
-            print(f"wrote {n} placed keypoints of {n_img} images (COCO) to {args.coco}")
+            data, n = formats.render_coco(proj, args.coco, reviewed_only=reviewed)
+            items.append((args.coco, data, "the COCO export"))
+            lines.append(f"wrote {n} placed keypoints of {n_img} images (COCO) to {args.coco}")
+    paths = [os.path.realpath(p) for p, _, _ in items]
+    if len(set(paths)) != len(paths):
+        raise LmkError("export: two outputs name the same file; give each its own. "
+                       "Nothing was written")
+    atomic_write_many(items)
+    for line in lines:
+        print(line)
     return 0

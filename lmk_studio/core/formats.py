@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from lmk_studio.core.errors import ImportFault, LmkError
-from lmk_studio.core.fileio import atomic_write_text  # noqa: F401 (re-exported)
+from lmk_studio.core.fileio import atomic_write_bytes, atomic_write_text  # noqa: F401
 from lmk_studio.core.points import LandmarkPoint, Source, Status
 
 LABELME_PIXEL_OFFSET = -0.5
@@ -479,8 +479,8 @@ def _parse_csv(path: Path, names: Sequence[str]) -> tuple[list[ParsedPoint], lis
             if not any(c.strip() for c in r):
                 continue
             where = f"row {rn}"
-            image = cell(r, "image").strip()
-            if not image:
+            image = cell(r, "image")  # as written: a name may start with a space or tab
+            if not image.strip():
                 faults.append(Fault(disp, where, "no image name; skipped"))
                 continue
             lname, lidx = cell(r, "landmark_name").strip(), cell(r, "landmark_index").strip()
@@ -544,8 +544,8 @@ def _parse_csv(path: Path, names: Sequence[str]) -> tuple[list[ParsedPoint], lis
     for rn, r in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in r):
             continue
-        image = cell(r, "image").strip()
-        if not image:
+        image = cell(r, "image")
+        if not image.strip():
             faults.append(Fault(disp, f"row {rn}", "no image name; skipped"))
             continue
         for k, (i, j) in sorted(pairs.items()):
@@ -676,9 +676,10 @@ class ImageIndex:
     def find(self, *keys: str | None) -> tuple[Any | None, str | None]:
         """First key that names one image (file name, then stem); (record, None) or (None, why)."""
         why = None
-        for key in keys:
-            if not key:
-                continue
+        # as written first (a file name may really start with a space), then without the
+        # spaces a spreadsheet or a hand edit may have added around it
+        tried = [k for key in keys if key for k in dict.fromkeys((key, key.strip())) if k]
+        for key in tried:
             k = key.replace("\\", "/").rsplit("/", 1)[-1].casefold()
             hits = self.by_name.get(k) or self.by_stem.get(k) or self.by_stem.get(
                 Path(k).stem.casefold())
@@ -910,6 +911,18 @@ def _num(v: float | int | None) -> float | int | str:
     return v
 
 
+def _json_bytes(path: str | Path, doc: Any, indent: int | None = None) -> bytes:
+    """Strict JSON (no NaN/Infinity, which other tools cannot read) as UTF-8 bytes; a value
+    that cannot be written is an LmkError naming the export instead of a traceback."""
+    try:
+        text = json.dumps(doc, indent=indent, ensure_ascii=False, allow_nan=False)
+    except ValueError as e:
+        raise LmkError(f"{path}: cannot export: a value is out of range ({e}); the project "
+                       "holds a coordinate or score that is not a finite number. Nothing was "
+                       "written") from None
+    return (text + "\n").encode("utf-8")
+
+
 def _check_units(units: str, data: list, what: str) -> None:
     """units 'mm' needs a pixel spacing on every exported image: refuse before writing."""
     if units not in ("px", "mm"):
@@ -927,7 +940,19 @@ def export_csv(
     project: Any, path: str | Path, wide: bool = False, reviewed_only: bool = False,
     units: str = "px",
 ) -> int:
-    """Write the points as CSV (UTF-8 with BOM so spreadsheets detect it); returns rows written.
+    """Write the points as CSV (see ``render_csv``); returns rows written."""
+    data, n = render_csv(project, path, wide, reviewed_only, units)
+    atomic_write_bytes(path, data, "the CSV export")
+    return n
+
+
+def render_csv(
+    project: Any, path: str | Path, wide: bool = False, reviewed_only: bool = False,
+    units: str = "px",
+) -> tuple[bytes, int]:
+    """The CSV export as bytes (UTF-8 with BOM so spreadsheets detect it) and its row count;
+    ``path`` only names the target in messages. Built apart from the write so that several
+    exports can be written all or nothing (``fileio.atomic_write_many``).
 
     Long layout: one row per placed or absent point (``LONG_COLUMNS``; x_mm = x_px * column
     spacing, y_mm = y_px * row spacing, empty when the spacing is unknown). Wide layout: one row
@@ -977,8 +1002,7 @@ def export_csv(
                         _num(p.y * fy if p.y is not None else None)]
             w.writerow([escape_cell(rec.name), *cells])
             n_rows += 1
-    atomic_write_text(path, buf.getvalue(), encoding="utf-8-sig")
-    return n_rows
+    return buf.getvalue().encode("utf-8-sig"), n_rows
 
 
 def _point_dict(p: LandmarkPoint, name: str,
@@ -998,6 +1022,14 @@ def _point_dict(p: LandmarkPoint, name: str,
 
 def export_json(project: Any, path: str | Path, reviewed_only: bool = False,
                 units: str = "px") -> int:
+    """Write the project-level JSON (see ``render_json``); returns points written."""
+    data, n = render_json(project, path, reviewed_only, units)
+    atomic_write_bytes(path, data, "the JSON export")
+    return n
+
+
+def render_json(project: Any, path: str | Path, reviewed_only: bool = False,
+                units: str = "px") -> tuple[bytes, int]:
     """Project-level JSON (template, images with size/spacing, points); returns points written.
 
     Points carry x, y in px and, where the spacing is known, x_mm, y_mm; units="mm" only
@@ -1024,12 +1056,19 @@ def export_json(project: Any, path: str | Path, reviewed_only: bool = False,
         else {"name": "", "landmarks": [{"name": x} for x in names]},
         "images": images,
     }
-    atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
-    return n
+    return _json_bytes(path, doc, indent=1), n
 
 
 def export_coco(project: Any, path: str | Path, reviewed_only: bool = False,
                 units: str = "px") -> int:
+    """Write COCO keypoints (see ``render_coco``); returns placed keypoints written."""
+    data, n = render_coco(project, path, reviewed_only, units)
+    atomic_write_bytes(path, data, "the COCO export")
+    return n
+
+
+def render_coco(project: Any, path: str | Path, reviewed_only: bool = False,
+                units: str = "px") -> tuple[bytes, int]:
     """COCO keypoints: one annotation per image, [x, y, v] with v=2 placed, 0 unlabelled/absent.
 
     ``scores`` per keypoint: the model confidence when known, 1.0 for human-placed points
@@ -1041,6 +1080,7 @@ def export_coco(project: Any, path: str | Path, reviewed_only: bool = False,
                        "COCO in px (CSV and JSON carry millimetres). Nothing was written.")
     names = _names(project.template)
     tname = getattr(project.template, "name", "landmarks")
+    path = str(path)
     images, anns = [], []
     n = 0
     for rec, pts in _export_points(project, reviewed_only):
@@ -1064,6 +1104,11 @@ def export_coco(project: Any, path: str | Path, reviewed_only: bool = False,
             bbox = [x0, y0, max(xs) - x0, max(ys) - y0]
         else:
             bbox = [0.0, 0.0, 0.0, 0.0]
+        if not all(math.isfinite(v) for v in (*bbox, bbox[2] * bbox[3])):
+            raise LmkError(
+                f"{path}: cannot export COCO: image {rec.name} has points too far outside the "
+                f"image (x from {min(xs):g} to {max(xs):g}, y from {min(ys):g} to {max(ys):g}) "
+                "for a finite bounding box; correct them first. Nothing was written")
         anns.append({"id": len(anns) + 1, "image_id": rec.id, "category_id": 1,
                      "keypoints": kp, "num_keypoints": nk, "scores": scores, "bbox": bbox,
                      "area": bbox[2] * bbox[3], "iscrowd": 0})
@@ -1074,5 +1119,4 @@ def export_coco(project: Any, path: str | Path, reviewed_only: bool = False,
         "categories": [{"id": 1, "name": tname, "supercategory": "landmarks",
                         "keypoints": names, "skeleton": []}],
     }
-    atomic_write_text(path, json.dumps(doc, ensure_ascii=False, allow_nan=False) + "\n")
-    return n
+    return _json_bytes(path, doc), n
