@@ -138,3 +138,26 @@ def test_info_on_a_file_that_is_not_a_project(tmp_path: Path, capsys) -> None:
     assert f.read_text() == "hello"
     assert main(["info", str(tmp_path / "absent.lmk")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_new_and_info_with_a_non_utf8_file_name(tmp_path: Path, capsys) -> None:
+    """Issue 13 item 3: `new` used to die with UnicodeEncodeError on such a name."""
+    import os
+
+    import cv2
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    ok, buf = cv2.imencode(".png", np.zeros((20, 20), np.uint8))
+    raw = os.path.join(os.fsencode(d), b"caf\xe9.png")
+    try:
+        with open(raw, "wb") as f:
+            f.write(buf.tobytes())
+    except OSError as e:
+        pytest.skip(f"this file system refuses non-UTF-8 names ({e})")
+    proj = tmp_path / "p.lmk"
+    assert main(["new", str(proj), "--images", str(d), "--template", "isbi2015-ceph-19"]) == 0
+    assert "images added: 1" in capsys.readouterr().out
+    assert main(["info", str(proj)]) == 0
+    out = capsys.readouterr().out
+    assert "Images: 1" in out and "missing" not in out

@@ -688,3 +688,43 @@ def test_keep_human_write_skips_points_a_user_set_after_the_job_read_them(
     assert proj.points(b)[0].status is Status.PREDICTED
     assert proj.points(ex)[0].status is Status.EXEMPLAR and proj.points(ex)[1].x is None
     assert proj.set_points(pred) == len(pred)                   # default: the caller decides
+
+
+# ---- file names that are not UTF-8 (issue 13, item 3) ----------------------------------------
+def _non_utf8_png(folder: Path) -> Path:
+    """A PNG whose name holds the Latin-1 byte 0xE9 (as older systems and shares write it)."""
+    raw = os.path.join(os.fsencode(folder), b"caf\xe9.png")
+    try:
+        with open(raw, "wb"):
+            pass
+    except OSError as e:  # e.g. macOS file systems refuse such names
+        pytest.skip(f"this file system refuses non-UTF-8 names ({e})")
+    return _png(Path(os.fsdecode(raw)))
+
+
+def test_non_utf8_file_name_is_stored_found_and_shown_escaped(tmp_path: Path) -> None:
+    d = _folder(tmp_path, 1)
+    odd = _non_utf8_png(d)
+    with Project.create(tmp_path / "p.lmk", _template(), d) as p:
+        assert p.last_faults == []
+        recs = {r.name: r for r in p.images()}
+    assert sorted(recs) == ["caf\\xe9.png", "img00.png"]  # printable, byte shown as \xe9
+    with Project.open(tmp_path / "p.lmk") as p:
+        rec = next(r for r in p.images() if r.name == "caf\\xe9.png")
+        assert rec.path == odd and not rec.missing and not rec.changed
+        from lmk_studio.core.images import load_image
+
+        assert load_image(rec.path).shape == (24, 32)
+
+
+def test_non_utf8_file_added_to_an_existing_project_keeps_the_others(tmp_path: Path) -> None:
+    """`predict --images` adds a folder to a project: one odd name must not roll back the rest."""
+    with Project.create(tmp_path / "p.lmk", _template(), _folder(tmp_path, 1)) as p:
+        new = tmp_path / "more"
+        _png(new / "a.png")
+        _non_utf8_png(new)
+        from lmk_studio.core.images import list_images
+
+        added = p.add_images(list_images(new))
+        assert sorted(r.name for r in added) == ["a.png", "caf\\xe9.png"]
+        assert len(p.images()) == 3

@@ -10,7 +10,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
-from lmk_studio.core.errors import LmkError, ProjectError
+from lmk_studio.core.errors import LmkError, ProjectError, display_path
 from lmk_studio.core.points import Status
 
 _LIST_LIMIT = 20  # longer lists of files are cut with "... and N more"
@@ -43,14 +43,14 @@ def cmd_new(args: argparse.Namespace) -> int:
     finally:
         proj.close()
     for f, problem in faults:
-        print(f"  skipped {f}: {problem}")
+        print(f"  skipped {display_path(f)}: {problem}")
     if n == 0:
         from lmk_studio.core.store import remove_project_files
 
         remove_project_files(path)
         raise LmkError(f"{folder}: none of the {len(faults)} image file(s) could be read "
                        "(listed above); nothing was created")
-    print(f"Created {path}")
+    print(f"Created {display_path(path)}")
     print(f"  template: {template.name} ({len(template)} landmarks)")
     print(f"  images added: {n}" + (f", skipped: {len(faults)} (listed above)" if faults else ""))
     return 0
@@ -103,7 +103,7 @@ def _files(title: str, paths: list[Path]) -> None:
         return
     print(f"{title}: {len(paths)}")
     for p in paths[:_LIST_LIMIT]:
-        print(f"  {p}")
+        print(f"  {display_path(p)}")
     if len(paths) > _LIST_LIMIT:
         print(f"  ... and {len(paths) - _LIST_LIMIT} more")
 
@@ -120,7 +120,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         counts = p.status_counts()
         runs = p.runs()
         version = p.schema_version()
-    print(f"Project: {path} (schema v{version})")
+    print(f"Project: {display_path(path)} (schema v{version})")
     print(f"Template: {t.name} ({len(t)} landmarks)")
     missing = [r.path for r in images if r.missing]
     changed = [r.path for r in images if r.changed]

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from lmk_studio.core.errors import LmkError
+from lmk_studio.core.errors import LmkError, display_path
 
 STALE_TMP_S = 600.0  # a temporary this old whose writer is gone is ours to remove
 _TMP_RE = re.compile(r"^\.lmk-(\d+)-[0-9a-f]{8}\.tmp$")
@@ -56,19 +56,6 @@ def node_kind(mode: int) -> str:
         if test(mode):
             return words
     return "not a regular file"
-
-
-def display_path(p: str | Path) -> str:
-    """A path as text that can always be printed: bytes that are not UTF-8 (kept by Python as
-    surrogate escapes) are shown as ``\\xNN`` instead of breaking the terminal or the GUI."""
-    s = os.fspath(p)
-    if isinstance(s, bytes):
-        return s.decode("utf-8", "backslashreplace")
-    try:
-        s.encode("utf-8")
-        return s
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def open_regular(path: str | Path, max_bytes: int | None = None,

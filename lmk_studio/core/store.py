@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmk_studio import __version__
 from lmk_studio.core.errors import ImageLoadError, LmkError, ProjectError
+from lmk_studio.core.fileio import display_path
 from lmk_studio.core.points import LandmarkPoint, Source, Status
 
 if TYPE_CHECKING:  # core.templates is imported lazily at run time (see _template_cls)
@@ -212,6 +213,26 @@ def _check_finite(path: Path, what: str, v: float | None) -> float | None:
     if not math.isfinite(f):
         raise ProjectError(f"{path}: {what} must be a finite number, got {v!r}")
     return f
+
+
+def _db_path(p: str | Path) -> str | bytes:
+    """A file path as stored: text when it is valid UTF-8, else the file system's own bytes.
+
+    Names from older systems and network shares may hold bytes that are not UTF-8; Python keeps
+    them as surrogate escapes, which SQLite text cannot hold. Stored as a BLOB they come back
+    byte for byte (``_path_from_db``), so the file is still found.
+    """
+    s = os.fspath(p)
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return os.fsencode(s)
+
+
+def _path_from_db(v: str | bytes) -> str:
+    """Inverse of ``_db_path``."""
+    return os.fsdecode(v) if isinstance(v, bytes) else v
 
 
 def _stat(p: Path) -> os.stat_result | None:
@@ -612,8 +633,9 @@ class Project:
 
     # ------------------------------------------------------------------ images
 
-    def _resolve_stored(self, rel: str, abs_path: str) -> Path:
+    def _resolve_stored(self, rel: str | bytes, abs_path: str | bytes) -> Path:
         """Where the image is now: relative to the project folder first, else absolute."""
+        rel, abs_path = _path_from_db(rel), _path_from_db(abs_path)
         if rel and not os.path.isabs(rel):
             cand = Path(os.path.normpath(self._base / Path(rel)))
             if cand.exists() or not Path(abs_path).exists():
@@ -677,7 +699,7 @@ class Project:
             raise LmkError(f"{folder}: folder not found")
         found = []
         with self._read() as con:
-            known = {r[0] for r in con.execute("SELECT abs_path FROM images")}
+            known = {_path_from_db(r[0]) for r in con.execute("SELECT abs_path FROM images")}
         for rec in self.images():
             if not rec.missing:
                 continue
@@ -690,7 +712,8 @@ class Project:
             except (OSError, ImageLoadError):
                 continue
             known.add(str(ap))
-            found.append((self._store_path(ap), str(ap), st.st_size, st.st_mtime_ns, rec.id))
+            found.append((_db_path(self._store_path(ap)), _db_path(ap), st.st_size,
+                          st.st_mtime_ns, rec.id))
         if found:
             with self._tx(f"the new place of {len(found)} image(s)") as con:
                 con.executemany("UPDATE images SET path = ?, abs_path = ?, size = ?, "
@@ -793,7 +816,7 @@ class Project:
 
         faults: list[tuple[Path, str]] = []
         with self._read() as con:
-            known = {r[0] for r in con.execute("SELECT abs_path FROM images")}
+            known = {_path_from_db(r[0]) for r in con.execute("SELECT abs_path FROM images")}
         rows = []
         for raw in paths:
             p = Path(raw)
@@ -817,7 +840,10 @@ class Project:
                 continue
             known.add(str(ap))
             sp = meta.spacing
-            rows.append((self._store_path(ap), str(ap), ap.name, int(meta.width),
+            # the name is what people see and exports carry: printable text, with bytes that
+            # are not UTF-8 shown as \xNN; the paths keep the real bytes
+            rows.append((_db_path(self._store_path(ap)), _db_path(ap), display_path(ap.name),
+                         int(meta.width),
                          int(meta.height), h, st.st_size, st.st_mtime_ns,
                          float(sp[0]) if sp else None, float(sp[1]) if sp else None,
                          meta.spacing_source if sp else None, _now()))
