@@ -138,3 +138,26 @@ def test_shrinking_keeps_each_presets_structure() -> None:
         f2, t2 = _bundled("stage2", name), shrink_stage2(_bundled("stage2", name))
         for key in ("selection", "cross", "n_nets", "decode", "views", "prior_px"):
             assert f2.get(key) == t2.get(key)
+
+
+def test_a_model_that_cannot_be_saved_keeps_the_points(previewed: Path, tmp_path: Path,
+                                                       monkeypatch, capsys) -> None:
+    """Minutes of training are never thrown away by a failure at the very end: the points are
+    written first, and a model that cannot be saved is a warning that says what it costs."""
+    from lmk_studio.core.errors import LmkError
+    from lmk_studio.engine import checkpoints
+
+    lmk = _copy_project(previewed, tmp_path / "p")
+    preset = tmp_path / "cpu-tiny.json"
+    preset.write_text(json.dumps(shrink_stage1(_bundled("stage1", "cpu"))), "utf-8")
+
+    def full_disk(obj, path) -> None:
+        raise LmkError(f"{path}: cannot write the checkpoint (No space left on device)")
+
+    monkeypatch.setattr(checkpoints, "save", full_disk)
+    assert cli.main(["train", str(lmk), "--stage", "1", "--preset", str(preset),
+                     "--device", "cpu"]) == 0
+    written, preds = _stage_points(lmk, "stage1")
+    assert written > 0 and len(preds) == 4
+    out = capsys.readouterr().err
+    assert "could not be saved" in out and "No space left" in out

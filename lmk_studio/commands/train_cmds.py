@@ -140,6 +140,27 @@ def _check_device(device: str) -> str:
     return device
 
 
+def _resume_hint(proj, project_arg: str, stage: str) -> str:
+    """What to do after a failure: continue from the failed run's checkpoint when one is kept."""
+    from lmk_studio.engine import checkpoints
+
+    runs = [r for r in proj.runs() if r.kind in ("stage1", "stage2")]
+    if not runs:
+        return ""
+    r = max(runs, key=lambda r: r.id)
+    stored = (r.checkpoints or {}).get("dir") or (r.checkpoints or {}).get("trainer")
+    if r.status != "failed" or not stored:
+        return ""
+    try:
+        path = checkpoints.resolve(proj, stored)
+    except LmkError:
+        return ""
+    if not (path.is_file() or (path.is_dir() and any(path.iterdir()))):
+        return ""
+    return (f". The training so far is kept in {path}; once the cause is fixed, continue with: "
+            f"lmk-studio train {project_arg} --stage {stage} --resume")
+
+
 def _summary(proj, run_id: int) -> str:
     r = proj.run(run_id)
     m = r.metrics or {}
@@ -153,6 +174,8 @@ def _summary(proj, run_id: int) -> str:
         bits.append(f"{float(total):.0f} s")
     for f in (m.get("faults") or [])[:5]:
         bits.append(f"skipped: {f}")
+    for w in m.get("warnings") or []:
+        bits.append(f"warning: {w}")
     return "; ".join(bits)
 
 
@@ -204,7 +227,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 return EXIT_CANCELLED
             except (RuntimeError, ValueError, OSError) as exc:
                 # an engine failure in words (the run is recorded as failed in the project)
-                raise LmkError(f"{args.project}: training failed: {exc}") from exc
+                raise LmkError(f"{args.project}: training failed: {exc}"
+                               f"{_resume_hint(proj, args.project, stage)}") from exc
     finally:
         bar.close()
         proj.close()

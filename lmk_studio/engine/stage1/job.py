@@ -136,22 +136,13 @@ def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
             start[ex] = ex_pts
         res = fit_stage1(full, ex, ex_pts, cfg, seed, dev, progress, cancel, ckdir,
                          prev_dir is not None, start)
-        paths = {}
-        # a preset whose passes never checkpoint (e.g. cpu: refine epochs 0) made no folder yet
-        ckdir.mkdir(parents=True, exist_ok=True)
-        extra = res.models.get("refine_landmark_states")
-        for name, net in res.models.items():
-            if name == "refine_landmark_states":
-                continue
-            path = ckdir / f"{name}_model.pt"
-            blob = {"state": net.state_dict(), "config": cfg.to_dict()}
-            if name == "refine" and extra:
-                blob["landmark_states"] = extra
-            checkpoints.save(blob, path)
-            paths[name] = checkpoints.to_stored(proj, path)
+        # the points first: they are what the user waited for; a model that cannot be saved
+        # afterwards costs only `predict --method stage1` on later images, never the points
         written = _write(proj, run_id, used, ex, res)
+        paths, warnings = _save_models(proj, ckdir, cfg, res)
         proj.finish_run(run_id, "finished",
                         metrics={"images": len(used), "points_written": written, "faults": faults,
+                                 "warnings": warnings,
                                  "notes": res.notes,
                                  "mean_confidence": float(np.nanmean(res.confidence)),
                                  "selection": "label-free: held-out esim+global loss"},
@@ -164,6 +155,29 @@ def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
         proj.finish_run(run_id, "failed", metrics={"error": str(exc)},
                         checkpoints={"dir": ck_stored})
         raise
+
+
+def _save_models(proj, ckdir: Path, cfg, res: Stage1Result) -> tuple[dict[str, str], list[str]]:
+    """Save each trained pass next to the run; a failure is a warning, not a lost run."""
+    paths: dict[str, str] = {}
+    extra = res.models.get("refine_landmark_states")
+    try:
+        # a preset whose passes never checkpoint (e.g. cpu: refine epochs 0) made no folder yet
+        ckdir.mkdir(parents=True, exist_ok=True)
+        for name, net in res.models.items():
+            if name == "refine_landmark_states":
+                continue
+            path = ckdir / f"{name}_model.pt"
+            blob = {"state": net.state_dict(), "config": cfg.to_dict()}
+            if name == "refine" and extra:
+                blob["landmark_states"] = extra
+            checkpoints.save(blob, path)
+            paths[name] = checkpoints.to_stored(proj, path)
+    except (OSError, LmkError) as exc:
+        return paths, [f"the trained models could not be saved in {ckdir} ({exc}); the points "
+                       "are in the project, but predicting new images with Stage I needs a "
+                       "new training run once the folder is writable"]
+    return paths, []
 
 
 def _write(proj, run_id: int, records, ex: int, res: Stage1Result) -> int:

@@ -192,17 +192,26 @@ def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
                          checkpoint=ckpt, resume=prev_ckpt is not None,
                          spacing=[r.spacing for r in used],
                          reviewed=_reviewed_pairs(proj, all_pts))
-        mpath = model_dir(proj) / f"stage2_run{run_id}" / "model.pt"
-        res.model.save(mpath)
+        # the points first (what the user waited for); then the model, whose loss only costs
+        # predicting later images
         n_written = _write(proj, run_id, used, res.points, res.confidence, res.expected_error_px,
                            data.trusted)
+        mpath = model_dir(proj) / f"stage2_run{run_id}" / "model.pt"
+        warnings, saved = [], {}
+        try:
+            res.model.save(mpath)
+            saved = {"model": checkpoints.to_stored(proj, mpath)}
+        except (OSError, LmkError) as exc:
+            warnings.append(f"the trained model could not be saved ({exc}); the points are in "
+                            "the project, but predicting new images with Stage II needs a new "
+                            "training run once the folder is writable")
         proj.finish_run(run_id, "finished",
                         metrics={"images": len(used), "points_written": n_written,
-                                 "faults": faults, "calibration": res.model.calibration,
+                                 "faults": faults, "warnings": warnings,
+                                 "calibration": res.model.calibration,
                                  "mean_expected_error_px": float(np.nanmean(
                                      np.where(data.trusted, np.nan, res.expected_error_px)))},
-                        checkpoints={"model": checkpoints.to_stored(proj, mpath),
-                                     "trainer": ck_stored},
+                        checkpoints={**saved, "trainer": ck_stored},
                         timings=res.timings)
         return run_id
     except Cancelled:
