@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QStackedWidget,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -33,6 +34,7 @@ from lmk_studio.core.points import Status
 from lmk_studio.gui import settings
 from lmk_studio.gui.canvas import Canvas, default_levels
 from lmk_studio.gui.errors import describe, log_path, report_exception, show_error
+from lmk_studio.gui.exemplar_hint import MIN_IMAGES, ExemplarHint, ExemplarSuggester
 from lmk_studio.gui.export_dialog import ExportDialog, run_export
 from lmk_studio.gui.help_dialog import HelpDialog
 from lmk_studio.gui.image_list import ImageList
@@ -89,14 +91,23 @@ class MainWindow(QMainWindow):
         self._pending_focus: int | None = None
         self._exemplar_was_complete = False
         self.auto_preview = True  # start the classical preview when the exemplar is complete
+        self.auto_suggest = True  # rank the images for an exemplar when a project has none
         self._pred_cache: dict[int, dict[int, Any]] = {}
         self._actions: list[tuple[str, QAction]] = []
 
         self.canvas = Canvas()
         self.start = StartScreen()
+        self.suggester = ExemplarSuggester(self)
+        self.exemplar_hint = ExemplarHint()
+        self.workspace = QWidget()  # the canvas with the exemplar suggestion's banner above it
+        wl = QVBoxLayout(self.workspace)
+        wl.setContentsMargins(0, 0, 0, 0)
+        wl.setSpacing(0)
+        wl.addWidget(self.exemplar_hint)
+        wl.addWidget(self.canvas, 1)
         self.stack = QStackedWidget()
         self.stack.addWidget(self.start)
-        self.stack.addWidget(self.canvas)
+        self.stack.addWidget(self.workspace)
         self.setCentralWidget(self.stack)
 
         self.image_list = ImageList(self.doc)
@@ -279,6 +290,10 @@ class MainWindow(QMainWindow):
         self.start.new_requested.connect(self.new_project_dialog)
         self.start.open_requested.connect(lambda p: self.open_project_dialog(p or None))
         self.start.demo_requested.connect(self.open_demo)
+        self.suggester.progress.connect(self._suggestion_progress)
+        self.suggester.ready.connect(self._suggestion_ready)
+        self.suggester.failed.connect(self._suggestion_failed)
+        self.exemplar_hint.use_requested.connect(self.use_suggested_exemplar)
         tp = self.training
         if hasattr(tp, "finished"):
             tp.started.connect(self._training_started)
@@ -311,6 +326,7 @@ class MainWindow(QMainWindow):
             settings.set_value(f"view/{key}", a.isChecked())
         settings.set_value("window/geometry", self.saveGeometry())
         settings.set_value("window/state", self.saveState())
+        self.suggester.cancel()
         if hasattr(self.training, "shutdown") and self.training.is_running():
             self.statusBar().showMessage("Stopping the training before closing…")
             self.training.shutdown(5.0)
@@ -324,7 +340,7 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ project
     def _show_workspace(self, on: bool) -> None:
-        self.stack.setCurrentWidget(self.canvas if on else self.start)
+        self.stack.setCurrentWidget(self.workspace if on else self.start)
         for d in (self.dock_images, self.dock_landmarks, self.dock_review, self.dock_training):
             d.setVisible(on)
         for a in (self.a_add_images, self.a_export, self.a_close, self.a_exemplar,
@@ -423,6 +439,7 @@ class MainWindow(QMainWindow):
         self._update_progress()
         if not ids:
             self.statusBar().showMessage("This project has no images yet: File ▸ Add images.")
+        self._suggest_exemplar()
 
     def _remember_image(self) -> None:
         if self.doc.project is not None and self.doc.image_id is not None:
@@ -432,6 +449,8 @@ class MainWindow(QMainWindow):
                 log.warning("could not remember the last image: %s", exc)
 
     def close_project(self) -> None:
+        self.suggester.cancel()
+        self.exemplar_hint.dismiss()
         self._remember_image()
         self.undo_stack.clear()
         self.loader.clear()
@@ -448,6 +467,48 @@ class MainWindow(QMainWindow):
             return
         images, template, path = dlg.values()
         self.create_project(path, template, images)
+
+    # ------------------------------------------------------------------ exemplar suggestion
+    def _suggest_exemplar(self) -> None:
+        """While a project has no exemplar, rank its images in the background and offer the
+        most typical one in the banner (the user may still annotate any image)."""
+        self.suggester.cancel()
+        self.exemplar_hint.dismiss()
+        if not self.auto_suggest or self.doc.project is None or self.doc.exemplar_id is not None:
+            return
+        recs = [r for r in self.doc.records() if not r.missing]
+        if len(recs) < MIN_IMAGES:
+            return
+        self.exemplar_hint.show_computing(0, len(recs))
+        self.suggester.start([r.path for r in recs], [r.id for r in recs])
+
+    def _suggestion_progress(self, done: int, total: int) -> None:
+        if self.exemplar_hint.isVisible() and self.exemplar_hint.candidate is None:
+            self.exemplar_hint.show_computing(done, total)
+
+    def _suggestion_ready(self, ranking: Any) -> None:
+        best = ranking.best
+        if self.doc.project is None or self.doc.exemplar_id is not None or best is None:
+            self.exemplar_hint.dismiss()
+            return
+        for p, why in ranking.skipped:
+            log.info("exemplar suggestion skipped %s: %s", p, why)
+        log.info("suggested exemplar %s (score %.3f) among %d images in %.1f s", best.name,
+                 best.score, len(ranking.candidates), ranking.seconds)
+        self.exemplar_hint.show_suggestion(best, len(ranking.candidates))
+
+    def _suggestion_failed(self, message: str) -> None:
+        self.exemplar_hint.dismiss()
+        self.statusBar().showMessage(f"No exemplar suggestion: {message}", 10000)
+
+    def use_suggested_exemplar(self, image_id: int) -> None:
+        """Show the suggested image; its first landmark will make it the exemplar."""
+        if self.doc.project is None or image_id not in {r.id for r in self.doc.records()}:
+            return
+        self.doc.set_image(image_id)
+        self.exemplar_hint.show_used()
+        self.statusBar().showMessage(f"{self.doc.record(image_id).name}: place its landmarks "
+                                     "to make it the exemplar.", 10000)
 
     def open_project_dialog(self, path: str | None = None) -> None:
         if not path:
@@ -750,6 +811,9 @@ class MainWindow(QMainWindow):
         """Start the instant classical preview when the exemplar has just become complete."""
         if self.doc.project is None:
             return
+        if self.doc.exemplar_id is not None and self.exemplar_hint.isVisible():
+            self.suggester.cancel()  # the choice is made: the suggestion has done its part
+            self.exemplar_hint.dismiss()
         complete = self.doc.exemplar_complete()
         if complete and not self._exemplar_was_complete and self.auto_preview:
             self.run_preview(auto=True)
