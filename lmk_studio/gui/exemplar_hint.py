@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QWidget
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QWidget
 
 log = logging.getLogger("lmk_studio.gui.exemplar")
 
@@ -122,6 +122,8 @@ class ExemplarHint(QFrame):
         self.label = QLabel()
         self.label.setObjectName("exemplarHintText")
         self.label.setTextFormat(Qt.TextFormat.PlainText)
+        # a long file name is clipped rather than widening the whole window
+        self.label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.use = QPushButton("Use it")
         self.use.setObjectName("exemplarHintUse")
         self.close_button = QPushButton("✕")
