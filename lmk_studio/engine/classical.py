@@ -255,7 +255,13 @@ def classical_propagate(ex_img: np.ndarray, ex_pts: np.ndarray, img: np.ndarray,
     conf = np.clip(np.nan_to_num(conf, nan=0.0), 0.0, 1.0)
     if not return_details:
         return out, conf
+    # the global step alone, in target full coordinates: a candidate of its own for landmarks
+    # the local flow carries astray (engine.candidates)
+    aff = (_apply(m, pw) + 0.5) / ft - 0.5
+    aff[~ok] = np.nan
     details = {"affine_work": m, "ecc_cc": cc, "fb_work_px": fb, "ncc": ncc,
+               "affine_points": aff,
+               "affine_full": np.linalg.inv(_smat(ft)) @ m @ _smat(fe),
                "factor_ex": fe, "factor_target": ft,
                "timing_s": {"global": t1 - t0, "flow": t2 - t1,
                             "total": time.perf_counter() - t0}}
@@ -279,15 +285,26 @@ def _load(path: Path) -> np.ndarray:
 
 def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
                       images: Sequence[int] | None = None,
-                      params: ClassicalParams = DEFAULT) -> int:
+                      params: ClassicalParams = DEFAULT,
+                      candidates: Any = "default") -> int:
     """Preview every (or the given) non-exemplar image of a project; returns the run id.
 
+    With `candidates` (engine.candidates.CandidateParams; "default" = its defaults; None = the
+    plain preview), every image first gets its candidates and their label-free scores, then one
+    candidate kind is chosen per landmark over the images of this run (e.g. the exemplar's point
+    copied for a landmark on a structure fixed to the imaging device), and the run's metrics
+    record which candidate won for each landmark. Nothing is written before every image has its
+    candidates (a cancel then leaves the points as they were).
+
     Writes Status.PREDICTED / Source.CLASSICAL points with confidence, image by image (each its
-    own transaction, so a cancel or crash keeps the images done), re-reading the current points
-    just before each write so trusted (exemplar, accepted, corrected) and ABSENT points are never
-    overwritten. Every prediction also goes to the run's history (record_predictions).
+    own transaction, so a crash while writing keeps the images done), re-reading the current
+    points just before each write so trusted (exemplar, accepted, corrected) and ABSENT points
+    are never overwritten. Every prediction also goes to the run's history (record_predictions).
     """
+    from lmk_studio.engine import candidates as cmod
     from lmk_studio.engine.common import Cancelled, EtaClock, ProgressEvent, no_progress
+
+    cparams = cmod.DEFAULT_CANDIDATES if candidates == "default" else candidates
 
     progress = progress or no_progress
     proj, owned = _open(project)
@@ -306,9 +323,12 @@ def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
         wanted = None if images is None else {int(i) for i in images}
         todo = [r for r in proj.images()
                 if r.id != ex_id and (wanted is None or r.id in wanted)]
-        run_id = proj.start_run(RUN_KIND, {"method": "ECC affine + DIS optical flow",
-                                           "params": asdict(params), "exemplar": ex_id,
-                                           "images": len(todo)})
+        method = "ECC affine + DIS optical flow"
+        if cparams is not None:
+            method += " + per-landmark candidate choice (engine.candidates)"
+        run_id = proj.start_run(RUN_KIND, {
+            "method": method, "params": asdict(params), "exemplar": ex_id, "images": len(todo),
+            "candidates": asdict(cparams) if cparams is not None else None})
         faults: list[str] = []
         written = kept = 0
         confs: list[float] = []
@@ -319,6 +339,8 @@ def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
             except LmkError as exc:
                 raise LmkError(f"the exemplar image cannot be loaded: {exc}") from exc
             clock = EtaClock(len(todo))
+            done: list[tuple[Any, np.ndarray, np.ndarray, Any]] = []  # rec, pts, conf, cands
+            scores: list[np.ndarray] = []
             for k, rec in enumerate(todo):
                 if cancel is not None:
                     cancel.raise_if_cancelled()
@@ -328,7 +350,33 @@ def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
                 except LmkError as exc:
                     faults.append(str(exc))
                     continue
-                pts, conf = classical_propagate(ex_img, ex_pts, img, params=params)
+                if cparams is None:
+                    pts, conf = classical_propagate(ex_img, ex_pts, img, params=params)
+                    done.append((rec, pts, conf, None))
+                else:
+                    cs, sc, conf = cmod.image_candidates(ex_img, ex_pts, img, cparams,
+                                                         classical=params)
+                    done.append((rec, cs.points[cs.index(cmod.PREVIEW)], conf, cs))
+                    scores.append(sc)
+                per_image.append(time.perf_counter() - t0)
+                progress(ProgressEvent(stage="classical", epoch=0, epochs=1, step=k + 1,
+                                       steps=len(todo), eta_s=clock.eta(k + 1),
+                                       message=f"preview {rec.name}"))
+            choice = None
+            chosen_metrics: dict[str, Any] | None = None
+            if cparams is not None and done:
+                choice = cmod.choose_per_landmark(np.stack(scores), done[0][3].names,
+                                                  cparams.primary, cparams.margin)
+                chosen_metrics = {
+                    "names": choice.names,
+                    "chosen_per_landmark": choice.chosen_names(),
+                    "landmarks": list(proj.template.names),
+                    "gain_over_primary": [[round(float(g), 4) if np.isfinite(g) else None
+                                           for g in row] for row in choice.gains]}
+            for i, (rec, pts, conf, cs) in enumerate(done):
+                if choice is not None:
+                    pts, conf = cmod.apply_choice(cs, choice), cmod.choice_confidence(
+                        cs, choice, scores[i], conf)
                 history, rows = [], []
                 for j in range(n):
                     if not np.isfinite(pts[j]).all():
@@ -348,10 +396,6 @@ def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
                 n_set = proj.set_points(rows, keep_human=True)  # re-checked inside the write
                 kept += len(rows) - n_set
                 written += n_set
-                per_image.append(time.perf_counter() - t0)
-                progress(ProgressEvent(stage="classical", epoch=0, epochs=1, step=k + 1,
-                                       steps=len(todo), eta_s=clock.eta(k + 1),
-                                       message=f"preview {rec.name}"))
         except Cancelled:
             proj.finish_run(run_id, "cancelled", metrics={"points_written": written})
             raise
@@ -362,7 +406,8 @@ def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
         proj.finish_run(run_id, "finished",
                         metrics={"images": len(per_image), "points_written": written,
                                  "kept_trusted_or_absent": kept, "faults": faults,
-                                 "mean_confidence": float(np.mean(confs)) if confs else None},
+                                 "mean_confidence": float(np.mean(confs)) if confs else None,
+                                 "candidates": chosen_metrics},
                         timings={"total_s": float(sum(per_image)),
                                  "per_image_s": float(np.mean(per_image)) if per_image else None})
         return run_id
