@@ -311,3 +311,58 @@ def test_jpeg_baseline_encapsulated(tmp_path: Path) -> None:
     x = load_image(q)
     assert x.pixels.shape == (64, 64)
     assert np.abs(x.pixels - arr).max() <= 4  # lossy
+
+
+# ---- bounded work for crafted DICOMs (issue 13, item 4) --------------------------------------
+def _many_elements(n: int) -> list:
+    from pydicom.dataelem import DataElement
+
+    return [DataElement((0x0009 + 2 * (k // 60000), 0x1000 + k % 60000), "LO", "ab")
+            for k in range(n)]
+
+
+@pytest.mark.parametrize("tsx", ["plain", "deflated"])
+def test_header_of_too_many_elements_is_refused_quickly(tmp_path: Path, monkeypatch, tsx) -> None:
+    """A 49 KB deflated file used to take ~55 s in the header read: the parse has a budget."""
+    import time
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    import lmk_studio.core.images as images
+
+    monkeypatch.setattr(images, "DICOM_MAX_READS", 2000)  # ~1000 elements, to keep this quick
+    p = make_dicom(tmp_path / "many.dcm", _ramp(),
+                   tsx=DeflatedExplicitVRLittleEndian if tsx == "deflated" else
+                   ExplicitVRLittleEndian)
+    import pydicom
+
+    ds = pydicom.dcmread(p)
+    for el in _many_elements(3000):
+        ds.add(el)
+    ds.save_as(p, enforce_file_format=True)
+    t0 = time.monotonic()
+    for f in (read_metadata, load_image):
+        with pytest.raises(ImageLoadError, match="too many data elements"):
+            f(p)
+    assert time.monotonic() - t0 < 5.0
+
+
+def test_deflate_bomb_is_refused_by_its_inflated_size(tmp_path: Path, monkeypatch) -> None:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    import lmk_studio.core.images as images
+
+    monkeypatch.setattr(images, "_HEADER_SLACK", 1 << 20)
+    monkeypatch.setenv("LMK_STUDIO_MAX_PIXELS", "10000")  # cap: 1 MB + 80 KB
+    import pydicom
+
+    p = make_dicom(tmp_path / "bomb.dcm", _ramp(), tsx=DeflatedExplicitVRLittleEndian)
+    ds = pydicom.dcmread(p)
+    ds.add_new(0x00091010, "OB", bytes(8 << 20))  # 8 MB of zeros deflate to a few KB
+    ds.save_as(p, enforce_file_format=True)
+    assert p.stat().st_size < 100_000
+    for f in (read_metadata, load_image):
+        with pytest.raises(ImageLoadError, match="inflates to more than"):
+            f(p)
+    monkeypatch.undo()
+    assert load_image(p).shape == (24, 32)  # a sound file within the default cap still loads

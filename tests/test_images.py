@@ -283,3 +283,114 @@ def test_hamedan_real_file(hamedan: Path) -> None:
     assert x.pixels.shape == (1671, 1340) and x.pixels.max() <= 255
     n = x.normalized()
     assert 0.0 <= n.min() < 0.2 and n.max() == 1.0
+
+
+# ---- bounded work for any input (issue 13, item 4) -------------------------------------------
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+
+def _png_claiming(w: int, h: int, idat: bytes = b"", length: int | None = None) -> bytes:
+    """A tiny PNG whose header claims w x h; ``length`` overrides the IDAT chunk's length."""
+    import struct
+    import zlib
+
+    ihdr = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+    data = idat or zlib.compress(b"\0" * (w + 1))
+    body = _png_chunk(b"IDAT", data)
+    if length is not None:
+        body = struct.pack(">I", length) + body[4:]
+    return b"\x89PNG\r\n\x1a\n" + ihdr + body + _png_chunk(b"IEND", b"")
+
+
+def test_huge_dimensions_are_refused_before_decoding(tmp_path: Path, monkeypatch) -> None:
+    p = tmp_path / "bomb.png"
+    p.write_bytes(_png_claiming(20000, 20000))  # a few hundred bytes that would decode to 400 MP
+    assert p.stat().st_size < 10_000
+    for f in (read_metadata, load_image):
+        with pytest.raises(ImageLoadError, match=r"bomb\.png: 20000 x 20000 pixels .*"
+                                                 r"LMK_STUDIO_MAX_PIXELS"):
+            f(p)
+    monkeypatch.setenv("LMK_STUDIO_MAX_PIXELS", "500000000")  # the setting raises the limit
+    assert read_metadata(p).width == 20000
+
+
+def test_pixel_limit_setting_is_checked(tmp_path: Path, monkeypatch) -> None:
+    p = _write(tmp_path / "a.png", _ramp())  # 56 x 40
+    monkeypatch.setenv("LMK_STUDIO_MAX_PIXELS", "1000")
+    with pytest.raises(ImageLoadError, match="limit of 0.001 megapixels"):
+        read_metadata(p)
+    monkeypatch.setenv("LMK_STUDIO_MAX_PIXELS", "lots")
+    with pytest.raises(LmkError, match="LMK_STUDIO_MAX_PIXELS='lots'"):
+        read_metadata(p)
+
+
+def test_file_larger_than_any_image_within_the_limit_is_refused_unread(tmp_path, monkeypatch):
+    import lmk_studio.core.images as images
+
+    p = _write(tmp_path / "a.png", np.random.default_rng(0).integers(0, 255, (40, 56), np.uint8))
+    monkeypatch.setattr(images, "_HEADER_SLACK", 0)
+    monkeypatch.setenv("LMK_STUDIO_MAX_PIXELS", "100")  # 800 bytes at most
+    with pytest.raises(ImageLoadError, match="refused unread"):
+        read_metadata(p)
+
+
+def test_png_chunk_length_past_the_file_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "c.png"
+    p.write_bytes(_png_claiming(10, 10, length=2**31))
+    with pytest.raises(ImageLoadError, match="more than PNG allows"):
+        load_image(p)
+    p.write_bytes(_png_claiming(10, 10, length=2**31 - 1))
+    with pytest.raises(ImageLoadError, match="declares 2147483647 bytes"):
+        load_image(p)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs on this OS")
+def test_fifo_named_like_an_image_never_blocks(tmp_path: Path) -> None:
+    import os
+    import time
+
+    for name in ("x.png", "y.dcm", "noext"):
+        os.mkfifo(tmp_path / name)
+    t0 = time.monotonic()
+    for name in ("x.png", "y.dcm"):
+        for f in (read_metadata, load_image, quick_hash):
+            with pytest.raises(ImageLoadError, match="FIFO"):
+                f(tmp_path / name)
+    assert list_images(tmp_path) == []
+    assert time.monotonic() - t0 < 5.0
+
+
+def test_folder_scan_never_decodes_pixels(tmp_path: Path, monkeypatch) -> None:
+    """`new` reads headers only: decoding is made to fail, the project is still created."""
+    import pydicom
+
+    from lmk_studio.core.store import Project
+    from lmk_studio.core.templates import LandmarkDef, Template
+
+    _write(tmp_path / "imgs" / "a.png", _ramp())
+    _write(tmp_path / "imgs" / "b.jpg", _ramp())
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 8, 8, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(64)
+    ds.save_as(tmp_path / "imgs" / "c.dcm", enforce_file_format=True)
+
+    def boom(*a, **k):
+        raise AssertionError("pixel data decoded during a folder scan")
+
+    monkeypatch.setattr(cv2, "imdecode", boom)
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(boom))
+    with Project.create(tmp_path / "p.lmk", Template("t", [LandmarkDef("a")]),
+                        tmp_path / "imgs") as p:
+        assert len(p.images()) == 3 and p.last_faults == []

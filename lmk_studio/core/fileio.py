@@ -58,24 +58,32 @@ def node_kind(mode: int) -> str:
     return "not a regular file"
 
 
+class FileRefused(LmkError):
+    """A path that is not a regular file, or too large to read; ``problem`` without the path."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{display_path(path)}: {problem}")
+
+
 def open_regular(path: str | Path, max_bytes: int | None = None,
                  what: str = "file") -> tuple[BinaryIO, int]:
     """Open ``path`` for binary reading; (file, size). Never blocks on a FIFO or a device.
 
-    Raises OSError for the usual failures and LmkError (naming the file) for a path that is not
-    a regular file or is larger than ``max_bytes``.
+    Raises OSError for the usual failures and FileRefused (an LmkError naming the file) for a
+    path that is not a regular file or is larger than ``max_bytes``.
     """
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     fd = os.open(path, flags)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise LmkError(f"{display_path(path)}: is {node_kind(st.st_mode)}, not a regular "
-                           f"{what}; only regular files are read")
+            raise FileRefused(path, f"is {node_kind(st.st_mode)}, not a regular {what}; only "
+                              "regular files are read")
         if max_bytes is not None and st.st_size > max_bytes:
-            raise LmkError(f"{display_path(path)}: the {what} is {st.st_size / 2**20:.0f} MB, "
-                           f"more than the {max_bytes / 2**20:.0f} MB a {what} can sensibly be; "
-                           "refused")
+            raise FileRefused(path, f"the {what} is {st.st_size / 2**20:.0f} MB, more than the "
+                              f"{max_bytes / 2**20:.0f} MB a {what} can sensibly be; refused")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         f = os.fdopen(fd, "rb")

@@ -12,6 +12,13 @@ Design notes
 - Every failure is an ``ImageLoadError(path, problem)`` with the problem in words.
 - Pixels are used as stored: JPEG EXIF orientation is not applied (width/height then match the
   header and every landmark coordinate refers to the stored pixel grid).
+- Bounded work for any input (a shared folder may hold anything): only regular files are opened
+  (a FIFO named ``x.png`` would block forever), an image over ``max_pixels()`` (64 megapixels
+  unless ``LMK_STUDIO_MAX_PIXELS`` says otherwise) or a file larger than such an image could be
+  is refused *before* decoding, every PNG chunk must fit in the file, a deflated DICOM is
+  inflated by us with a cap (pydicom would inflate all of it at once), and pydicom's header
+  parse runs on a read budget, so a crafted header of millions of tiny elements fails in a
+  second instead of taking minutes.
 """
 
 from __future__ import annotations
@@ -26,11 +33,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from lmk_studio.core.errors import ImageLoadError, LmkError
+from lmk_studio.core.fileio import FileRefused, open_regular
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (
     ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", "",
@@ -40,6 +48,13 @@ _RASTER_KIND = {
 }
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000: above any X-ray detector; ~0.3 GB as float32
+MAX_PIXELS_ENV = "LMK_STUDIO_MAX_PIXELS"
+_HEADER_SLACK = 64 * 2**20  # bytes a file may hold beyond its pixels (headers, DICOM tags)
+_BYTES_PER_PIXEL_MAX = 8  # 16-bit RGBA: the largest uncompressed pixel we read
+DICOM_HEADER_BYTES = 64 * 2**20  # a deflated DICOM's header is inflated up to this much
+DICOM_MAX_READS = 500_000  # pydicom's read calls per parse (~2 per element): about 1 s
+PNG_MAX_CHUNKS = 1_000_000
 SPACING_PIXEL = "PixelSpacing"
 SPACING_IMAGER = "ImagerPixelSpacing (at detector)"
 
@@ -139,6 +154,64 @@ def _scale(px: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return out
 
 
+# --------------------------------------------------------------------------- limits
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) read: ``LMK_STUDIO_MAX_PIXELS`` or 64 megapixels.
+
+    An environment variable rather than a per-window setting so that the engine's job
+    processes, the CLI and the app all see the same limit.
+    """
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        v = int(float(raw))
+    except (ValueError, OverflowError):
+        v = 0
+    if v <= 0:
+        raise LmkError(f"{MAX_PIXELS_ENV}={raw!r}: not a positive number of pixels "
+                       f"(default {DEFAULT_MAX_PIXELS})")
+    return v
+
+
+def max_file_bytes() -> int:
+    """No image within the pixel limit needs a bigger file than this (uncompressed 16-bit
+    RGBA plus generous room for headers): a larger file is refused unread."""
+    return max_pixels() * _BYTES_PER_PIXEL_MAX + _HEADER_SLACK
+
+
+def _check_pixels(path: Path, w: int, h: int) -> None:
+    n = int(w) * int(h)
+    lim = max_pixels()
+    if n > lim:
+        raise ImageLoadError(
+            path, f"{w} x {h} pixels ({n / 1e6:.1f} megapixels) is more than the limit of "
+            f"{lim / 1e6:g} megapixels; refused before decoding (it would need about "
+            f"{n * 4 / 2**30:.1f} GB of memory). If the image is real, raise the limit with the "
+            f"environment variable {MAX_PIXELS_ENV}")
+
+
+def _open_image(path: Path) -> tuple[BinaryIO, int]:
+    """The file opened for reading, after checks that cost nothing: a regular file, not larger
+    than any image within the pixel limit."""
+    try:
+        f, size = open_regular(path, what="image file")
+    except FileRefused as e:
+        raise ImageLoadError(path, e.problem) from None
+    except OSError as e:
+        raise ImageLoadError(path, _os_problem(e)) from None
+    cap = max_file_bytes()
+    if size > cap:
+        f.close()
+        raise ImageLoadError(
+            path, f"the file is {size / 2**20:.0f} MB, more than any image within the pixel "
+            f"limit ({max_pixels() / 1e6:g} megapixels, {MAX_PIXELS_ENV}) can need "
+            f"({cap / 2**20:.0f} MB); refused unread")
+    return f, size
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -157,7 +230,11 @@ def _kind_for(path: Path) -> str:
 
 def _has_dicm_preamble(path: Path) -> bool:
     try:
-        with open(path, "rb") as f:
+        f, _ = open_regular(path)
+    except (OSError, LmkError):
+        return False
+    try:
+        with f:
             f.seek(128)
             return f.read(4) == b"DICM"
     except OSError:
@@ -212,13 +289,39 @@ def _png_meta(path: Path, f: BinaryIO, size: int) -> tuple[int, int, int, str]:
     w, h, depth, ctype = struct.unpack(">IIBB", head[16:26])
     if w == 0 or h == 0:
         raise ImageLoadError(path, f"corrupt PNG: image size {w}x{h}")
-    f.seek(max(0, size - 12))
-    if f.read(12)[4:8] != b"IEND":
-        raise ImageLoadError(path, "truncated PNG: the file ends before its last chunk (IEND)")
+    _check_pixels(path, w, h)
+    _png_walk_chunks(path, f, size)
     photometric = {0: "grey", 2: "rgb", 3: "palette", 4: "grey+alpha", 6: "rgba"}.get(ctype)
     if photometric is None:
         raise ImageLoadError(path, f"corrupt PNG: unknown colour type {ctype}")
     return int(w), int(h), 8 if ctype == 3 else int(depth), photometric
+
+
+def _png_walk_chunks(path: Path, f: BinaryIO, size: int) -> None:
+    """Every chunk's declared length must fit in the file, up to IEND: a length of 2**31
+    would otherwise make the decoder allocate gigabytes for a file of a few bytes. Reads 8
+    bytes per chunk (a real PNG has tens to thousands)."""
+    pos, n = 8, 0
+    while True:
+        f.seek(pos)
+        hdr = f.read(8)
+        if len(hdr) < 8:
+            raise ImageLoadError(path, "truncated PNG: the file ends before its last chunk (IEND)")
+        length, ctype = struct.unpack(">I4s", hdr)
+        name = ctype.decode("latin-1")
+        if length > 0x7FFFFFFF:
+            raise ImageLoadError(path, f"corrupt PNG: chunk {name!r} at byte {pos} declares "
+                                 f"{length} bytes (more than PNG allows)")
+        if pos + 12 + length > size:
+            raise ImageLoadError(
+                path, f"truncated PNG: chunk {name!r} at byte {pos} declares {length} bytes "
+                f"but the file has only {max(0, size - pos - 12)} after it (cut short or corrupt)")
+        if ctype == b"IEND":
+            return
+        pos += 12 + length
+        n += 1
+        if n > PNG_MAX_CHUNKS:
+            raise ImageLoadError(path, f"corrupt PNG: more than {PNG_MAX_CHUNKS} chunks")
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -250,6 +353,7 @@ def _jpeg_meta(path: Path, f: BinaryIO, size: int) -> tuple[int, int, int, str]:
             precision, h, w, ncomp = struct.unpack(">BHHB", seg)
             if w == 0 or h == 0:
                 raise ImageLoadError(path, f"corrupt JPEG: image size {w}x{h}")
+            _check_pixels(path, w, h)
             if not _jpeg_has_eoi(f, size):
                 raise ImageLoadError(
                     path, "truncated JPEG: the end-of-image marker is missing (file cut short)"
@@ -295,6 +399,7 @@ def _bmp_meta(path: Path, f: BinaryIO, size: int) -> tuple[int, int, int, str]:
     h = abs(h)
     if w <= 0 or h == 0:
         raise ImageLoadError(path, f"corrupt BMP: image size {w}x{h}")
+    _check_pixels(path, w, h)
     if comp in (0, 3) and bpp in (1, 4, 8, 16, 24, 32):
         row = ((w * bpp + 31) // 32) * 4
         if off + row * h > size:
@@ -333,6 +438,8 @@ def _tiff_meta(path: Path, f: BinaryIO, size: int) -> tuple[int, int, int, str]:
             if tag not in _TIFF_TAGS or typ not in _TIFF_FMT:
                 continue
             count = struct.unpack(bo + cnt_fmt, e[4:4 + inline])[0]
+            if count > 1_000_000:  # more strips than any image within the pixel limit has
+                raise ImageLoadError(path, f"corrupt TIFF: tag {tag} holds {count} values")
             nbytes = _TIFF_SIZE[typ] * count
             if nbytes <= inline:
                 data = e[4 + inline:4 + inline + nbytes]
@@ -350,6 +457,9 @@ def _tiff_meta(path: Path, f: BinaryIO, size: int) -> tuple[int, int, int, str]:
     if 256 not in tags or 257 not in tags:
         raise ImageLoadError(path, "corrupt TIFF: image width/height tags are missing")
     w, h = tags[256][0], tags[257][0]
+    if w <= 0 or h <= 0:
+        raise ImageLoadError(path, f"corrupt TIFF: image size {w}x{h}")
+    _check_pixels(path, w, h)
     bits = max(tags.get(258, [1]))
     spp = tags.get(277, [1])[0]
     offs, cnts = tags.get(273) or tags.get(324), tags.get(279) or tags.get(325)
@@ -369,58 +479,181 @@ _RASTER_META = {"png": _png_meta, "jpeg": _jpeg_meta, "bmp": _bmp_meta, "tiff": 
 # --------------------------------------------------------------------------- DICOM
 
 
-def _dicom_header(path: Path):
+class _TooComplex(Exception):
+    """Raised inside pydicom's parse when the read budget is spent."""
+
+
+class _Budget:
+    """The file-like pydicom reads from: the real file (or the inflated bytes), with a cap on
+    read calls. pydicom parses element by element (about two reads each); a header of
+    millions of tiny elements would take minutes, a real one has a few thousand."""
+
+    def __init__(self, raw: BinaryIO, name: str) -> None:
+        self._raw = raw
+        self.name = name
+        self.reads = 0
+        self.max_reads = DICOM_MAX_READS
+
+    def read(self, n: int = -1) -> bytes:
+        self.reads += 1
+        if self.reads > self.max_reads:
+            raise _TooComplex
+        return self._raw.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def close(self) -> None:  # the caller owns the real file
+        pass
+
+
+def _at_pixels(tag: Any, vr: Any, length: Any) -> bool:
+    return int(tag) in (0x7FE00010, 0x7FE00008, 0x7FE00009)
+
+
+def _file_meta(path: Path, f: BinaryIO) -> tuple[bytes | None, Any, int]:
+    """(preamble, file meta dataset, offset of the dataset) read by pydicom's own helpers."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    f.seek(0)
+    preamble = read_preamble(f, True)
+    meta = _read_file_meta_info(f)
+    return preamble, meta, f.tell()
+
+
+def _inflate(path: Path, f: BinaryIO, keep: int, cap: int) -> tuple[bytes, int]:
+    """Inflate a deflated DICOM dataset from ``f``'s position: (the first ``keep`` bytes, the
+    total inflated size). More than ``cap`` bytes is refused as a decompression bomb; the
+    inflated data beyond ``keep`` is only counted, never held."""
+    import zlib
+
+    d = zlib.decompressobj(-zlib.MAX_WBITS)
+    kept: list[bytes] = []
+    n_kept = total = 0
+
+    def take(out: bytes) -> None:
+        nonlocal n_kept, total
+        total += len(out)
+        if total > cap:
+            raise ImageLoadError(
+                path, f"the deflated DICOM data inflates to more than {cap / 2**20:.0f} MB, more "
+                "than its image can need; refused (a decompression bomb or a damaged file)")
+        if n_kept < keep:
+            part = out[:keep - n_kept]
+            kept.append(part)
+            n_kept += len(part)
+
+    try:
+        while not d.eof:
+            chunk = f.read(1 << 16)
+            if not chunk:
+                break
+            buf = chunk
+            while buf and not d.eof:
+                take(d.decompress(buf, 1 << 20))
+                buf = d.unconsumed_tail
+        take(d.flush(1 << 20))
+    except zlib.error as e:
+        raise ImageLoadError(path, f"corrupt deflated DICOM data ({e})") from None
+    return b"".join(kept), total
+
+
+def _read_dicom(path: Path, f: BinaryIO, size: int, header_only: bool,
+                inflate_cap: int | None = None) -> tuple[Any, BinaryIO, int]:
+    """Parse the DICOM in ``f``: (dataset, the stream positioned after what was parsed, the
+    size of that stream). A deflated dataset is inflated here, with a cap, and parsed from
+    memory; pydicom's own path would inflate all of it at once, however large."""
+    import io
+
+    import pydicom
+    from pydicom.dataset import FileDataset
+    from pydicom.filereader import read_dataset
+
+    stop = _at_pixels if header_only else None
+    try:
+        preamble, meta, offset = _file_meta(path, f)
+        tsx = meta.get("TransferSyntaxUID") if meta else None
+        deflated = tsx is not None and tsx == pydicom.uid.DeflatedExplicitVRLittleEndian
+    except _TooComplex:
+        raise
+    except Exception:  # noqa: BLE001 - let dcmread (force=True) judge a damaged preamble
+        deflated = False
+    if not deflated:
+        f.seek(0)
+        ds = pydicom.dcmread(_Budget(f, str(path)), stop_before_pixels=header_only, force=True)
+        return ds, f, size
+    f.seek(offset)
+    cap = inflate_cap if inflate_cap is not None else max_file_bytes()
+    data, total = _inflate(path, f, DICOM_HEADER_BYTES if header_only else cap, cap)
+    stream = io.BytesIO(data)
+    body = read_dataset(_Budget(stream, str(path)), False, True, stop_when=stop)
+    if header_only and stream.tell() >= len(data) and total > len(data):
+        raise ImageLoadError(path, f"the DICOM header is larger than {DICOM_HEADER_BYTES >> 20} "
+                             "MB once inflated; refused")
+    ds = FileDataset(str(path), body, preamble, meta, False, True)
+    return ds, stream, total
+
+
+def _dicom_header(path: Path, f: BinaryIO, size: int):
     """(dataset without pixels, whether a pixel data element follows).
 
-    pydicom's ``stop_before_pixels`` leaves the file positioned at the pixel data element when
+    pydicom's ``stop_before_pixels`` leaves the stream positioned at the pixel data element when
     there is one, so we read that element's header ourselves: presence and declared length
-    (checked against the file size: a cut-short file is refused before any decode) cost a
+    (checked against the data size: a cut-short file is refused before any decode) cost a
     12-byte read instead of reading the pixels.
     """
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        with open(path, "rb") as f:
-            ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
-            if not ds.file_meta and "SOPClassUID" not in ds and "Rows" not in ds:
-                raise ImageLoadError(path, "not a DICOM file (no DICOM header found)")
-            tsx = ds.file_meta.get("TransferSyntaxUID") if ds.file_meta else None
-            little = True if tsx is None else bool(tsx.is_little_endian)
-            if tsx is not None and tsx.is_deflated:  # offsets are in the inflated stream
-                f.seek(0)
-                full = pydicom.dcmread(f, defer_size=1024)
-                return ds, any(t in full for t in (0x7FE00010, 0x7FE00008, 0x7FE00009))
-            pos = f.tell()
-            size = os.fstat(f.fileno()).st_size
-            hdr = f.read(12)
-            if len(hdr) < 8:
-                return ds, False
-            bo = "<" if little else ">"
-            if struct.unpack(bo + "HH", hdr[:4]) not in _PIXEL_TAGS:
-                return ds, False
-            explicit = hdr[4:6].isalpha() and hdr[4:6].isupper()
-            if not explicit:
-                length, hlen = struct.unpack(bo + "I", hdr[4:8])[0], 8
-            elif hdr[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
-                length, hlen = struct.unpack(bo + "I", hdr[8:12])[0], 12
-            else:
-                length, hlen = struct.unpack(bo + "H", hdr[6:8])[0], 8
-            if length != 0xFFFFFFFF and pos + hlen + length > size:
-                raise ImageLoadError(
-                    path,
-                    f"truncated DICOM: the pixel data declares {length} bytes but only "
-                    f"{max(0, size - pos - hlen)} are in the file",
-                )
-            return ds, True
+        ds, stream, end = _read_dicom(path, f, size, header_only=True)
+        if not ds.file_meta and "SOPClassUID" not in ds and "Rows" not in ds:
+            raise ImageLoadError(path, "not a DICOM file (no DICOM header found)")
+        tsx = ds.file_meta.get("TransferSyntaxUID") if ds.file_meta else None
+        little = True if tsx is None else bool(tsx.is_little_endian)
+        pos = stream.tell()
+        hdr = stream.read(12)
+        if len(hdr) < 8:
+            return ds, False
+        bo = "<" if little else ">"
+        if struct.unpack(bo + "HH", hdr[:4]) not in _PIXEL_TAGS:
+            return ds, False
+        explicit = hdr[4:6].isalpha() and hdr[4:6].isupper()
+        if not explicit:
+            length, hlen = struct.unpack(bo + "I", hdr[4:8])[0], 8
+        elif hdr[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
+            length, hlen = struct.unpack(bo + "I", hdr[8:12])[0], 12
+        else:
+            length, hlen = struct.unpack(bo + "H", hdr[6:8])[0], 8
+        if length != 0xFFFFFFFF and pos + hlen + length > end:
+            raise ImageLoadError(
+                path,
+                f"truncated DICOM: the pixel data declares {length} bytes but only "
+                f"{max(0, end - pos - hlen)} are in the file",
+            )
+        return ds, True
     except ImageLoadError:
         raise
+    except _TooComplex:
+        raise ImageLoadError(path, _too_complex()) from None
+    except RecursionError:
+        raise ImageLoadError(path, "corrupt DICOM header: sequences nested too deeply") from None
     except OSError as e:
         raise ImageLoadError(path, _os_problem(e)) from None
     except InvalidDicomError as e:
         raise ImageLoadError(path, f"not a valid DICOM file ({e})") from None
+    except MemoryError:
+        raise ImageLoadError(path, "not enough memory to read this DICOM header") from None
     except Exception as e:  # pydicom raises many types on damaged headers
         raise ImageLoadError(path, f"corrupt DICOM header ({type(e).__name__}: {e})") from None
+
+
+def _too_complex() -> str:
+    return (f"the DICOM header holds too many data elements (more than about "
+            f"{DICOM_MAX_READS // 2} before the pixel data; a real image has a few thousand); "
+            "refused")
 
 
 def _first(v) -> float:
@@ -465,8 +698,8 @@ def _dicom_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
     return None, None
 
 
-def _dicom_meta(path: Path) -> ImageMeta:
-    ds, has_pixels = _dicom_header(path)
+def _dicom_meta(path: Path, f: BinaryIO, size: int) -> ImageMeta:
+    ds, has_pixels = _dicom_header(path, f, size)
     if not has_pixels:
         what = str(ds.get("Modality", "") or "")
         sop = ds.get("SOPClassUID")
@@ -491,6 +724,7 @@ def _dicom_meta(path: Path) -> ImageMeta:
         raise ImageLoadError(path, "DICOM image without Rows/Columns") from None
     if rows <= 0 or cols <= 0:
         raise ImageLoadError(path, f"DICOM image size {cols}x{rows}")
+    _check_pixels(path, cols, rows)
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
     spacing, src = _dicom_spacing(ds)
     return ImageMeta(
@@ -500,17 +734,16 @@ def _dicom_meta(path: Path) -> ImageMeta:
     )
 
 
-def _load_dicom(path: Path, meta: ImageMeta | None = None) -> XrayImage:
-    if meta is None:
-        meta = _dicom_meta(path)
-    import pydicom
+def _load_dicom(path: Path, meta: ImageMeta, f: BinaryIO, size: int) -> XrayImage:
     from pydicom.pixels import apply_modality_lut
 
     ds = None
+    # a deflated dataset may inflate to its header plus its pixels, never more
+    cap = _HEADER_SLACK + meta.width * meta.height * _BYTES_PER_PIXEL_MAX
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, force=True)
+            ds, _, _ = _read_dicom(path, f, size, header_only=False, inflate_cap=cap)
         if not any(t in ds for t in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
             hint = f" ({caught[0].message})" if caught else ""
             raise ImageLoadError(
@@ -519,6 +752,8 @@ def _load_dicom(path: Path, meta: ImageMeta | None = None) -> XrayImage:
         arr = ds.pixel_array
     except ImageLoadError:
         raise
+    except _TooComplex:
+        raise ImageLoadError(path, _too_complex()) from None
     except MemoryError:
         raise ImageLoadError(path, "not enough memory to decode this DICOM image") from None
     except Exception as e:
@@ -572,45 +807,58 @@ def _invert_monochrome1(px: np.ndarray, meta: ImageMeta, ds) -> np.ndarray:
 # --------------------------------------------------------------------------- public API
 
 
-def read_metadata(path: str | Path) -> ImageMeta:
-    """Header-only read (no pixel decode). Raises ImageLoadError naming file and problem."""
-    path = Path(path)
-    kind = _kind_for(path)  # refuses unsupported suffixes before touching the file
+def _meta_from(path: Path, kind: str, f: BinaryIO, size: int) -> ImageMeta:
+    """Header of the open file ``f`` (see read_metadata)."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(132)
-            real = _sniff(head)  # the content decides: a renamed file is read as what it is
-            if real is None:
-                problem = _describe_garbage(head)
-                # old DICOM files may lack the 128+4 byte preamble: let pydicom judge those
-                if kind != "dicom" or not head or problem.endswith("contains text"):
-                    raise ImageLoadError(path, problem)
-                real = "dicom"
-            if real != "dicom":
-                w, h, bits, photometric = _RASTER_META[real](path, f, size)
+        f.seek(0)
+        head = f.read(132)
+        real = _sniff(head)  # the content decides: a renamed file is read as what it is
+        if real is None:
+            problem = _describe_garbage(head)
+            # old DICOM files may lack the 128+4 byte preamble: let pydicom judge those
+            if kind != "dicom" or not head or problem.endswith("contains text"):
+                raise ImageLoadError(path, problem)
+            real = "dicom"
+        if real == "dicom":
+            return _dicom_meta(path, f, size)
+        w, h, bits, photometric = _RASTER_META[real](path, f, size)
     except OSError as e:
         raise ImageLoadError(path, _os_problem(e)) from None
-    if real == "dicom":
-        return _dicom_meta(path)
     return ImageMeta(path=path, width=w, height=h, bit_depth=bits, kind=real,
                      photometric=photometric)
 
 
-def load_image(path: str | Path) -> XrayImage:
-    """Decode one image to an XrayImage. Raises ImageLoadError naming file and problem."""
+def read_metadata(path: str | Path) -> ImageMeta:
+    """Header-only read (no pixel decode). Raises ImageLoadError naming file and problem."""
     path = Path(path)
-    meta = read_metadata(path)  # also refuses cut-short files cheaply, before decoding
-    if meta.kind == "dicom":
-        return _load_dicom(path, meta)
+    kind = _kind_for(path)  # refuses unsupported suffixes before touching the file
+    f, size = _open_image(path)
+    with f:
+        return _meta_from(path, kind, f, size)
+
+
+def load_image(path: str | Path) -> XrayImage:
+    """Decode one image to an XrayImage. Raises ImageLoadError naming file and problem.
+
+    Header and pixels come from one open file, so the checks made on the header (size, pixel
+    limit) hold for the bytes that are decoded.
+    """
+    path = Path(path)
+    kind = _kind_for(path)
+    f, size = _open_image(path)
+    with f:
+        meta = _meta_from(path, kind, f, size)  # refuses cut-short files cheaply
+        if meta.kind == "dicom":
+            return _load_dicom(path, meta, f, size)
+        try:
+            f.seek(0)
+            data = f.read()
+        except OSError as e:
+            raise ImageLoadError(path, _os_problem(e)) from None
+        except MemoryError:
+            raise ImageLoadError(path, "not enough memory to read this file") from None
     import cv2
 
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ImageLoadError(path, _os_problem(e)) from None
-    except MemoryError:
-        raise ImageLoadError(path, "not enough memory to read this file") from None
     try:
         img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as e:
@@ -690,8 +938,13 @@ def quick_hash(path: str | Path) -> str:
     path = Path(path)
     chunk = 65536
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        f, size = open_regular(path)
+    except FileRefused as e:
+        raise ImageLoadError(path, e.problem) from None
+    except OSError as e:
+        raise ImageLoadError(path, _os_problem(e)) from None
+    try:
+        with f:
             h = hashlib.sha1(str(size).encode())
             h.update(f.read(chunk))
             if size > chunk:
