@@ -125,3 +125,24 @@ def test_classical_job_records_the_winner_per_landmark(tmp_path) -> None:
         assert set(m["chosen_per_landmark"]) <= set(m["names"])
         assert p.run(run_id).config["candidates"]["margin"] > 0
         assert p.run(plain).metrics["candidates"] is None
+
+
+def test_stage1_final_choice_moves_only_the_device_landmark(rod_set) -> None:
+    """Stage I's points (here: the preview's, as a stand-in) are the primary; the rod landmark
+    leaves them, the anatomy keeps them; the config section round-trips."""
+    pytest.importorskip("torch")
+    from lmk_studio.engine.stage1.config import Stage1Config, load_preset
+    from lmk_studio.engine.stage1.pipeline import choose_candidates
+
+    imgs, truth, res, _ = rod_set
+    pts = np.stack([truth[0]] + [r[0].points[r[0].index(PREVIEW)] for r in res])
+    conf = np.ones(pts.shape[:2])
+    out, c, rec = choose_candidates(imgs, 0, truth[0], pts, conf, {"margin": 0.05})
+    rod = pts.shape[1] - 1
+    assert rec["chosen_per_landmark"][rod].startswith(UNREGISTERED)
+    assert all(n.startswith("stage1") for n in rec["chosen_per_landmark"][:rod])
+    assert np.linalg.norm(out[1:, rod] - truth[1:, rod], axis=-1).mean() < 0.5
+    assert np.array_equal(out[0], pts[0]) and np.all((c >= 0) & (c <= 1))
+    d = load_preset("cpu").to_dict()
+    d["candidates"] = {"margin": 0.05}
+    assert Stage1Config.from_dict(d).candidates == {"margin": 0.05}

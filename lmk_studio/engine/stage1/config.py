@@ -86,10 +86,15 @@ class Stage1Config:
     # used for the neighbour -> image hop ("classical" flow or the learned "refine" pass);
     # "when": on the start points ("start") or on the refined points ("final").
     consensus: dict = field(default_factory=dict)
+    # per-landmark candidate choice after everything else (engine.candidates): the exemplar's
+    # point copied, the ECC affine alone, the preview and Stage I's answer (the primary), chosen
+    # label-free per landmark over the folder; keys of engine.candidates.CandidateParams
+    # (score_radii, grid, search_radius, search_window, margin) plus "on"; {} = off.
+    candidates: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "start": self.start, "torch_threads": self.torch_threads,
-                "consensus": dict(self.consensus),
+                "consensus": dict(self.consensus), "candidates": dict(self.candidates),
                 "coarse": self.coarse.to_dict() if self.coarse else None,
                 "refine": self.refine.to_dict() if self.refine else None}
 
@@ -111,7 +116,12 @@ class Stage1Config:
         cfg = cls(name=str(d.get("name", "custom")), start=str(d.get("start", "learned")),
                   coarse=sec(d.get("coarse")), refine=sec(d.get("refine")),
                   torch_threads=int(d.get("torch_threads", 2)),
-                  consensus=dict(d.get("consensus") or {}))
+                  consensus=dict(d.get("consensus") or {}),
+                  candidates=dict(d.get("candidates") or {}))
+        bad = set(cfg.candidates) - {"on", "score_radii", "grid", "search_radius",
+                                     "search_window", "margin"}
+        if bad:
+            raise LmkError(f"Stage I preset: unknown candidates keys {sorted(bad)}")
         bad = set(cfg.consensus) - {"k", "via", "when"}
         if bad:
             raise LmkError(f"Stage I preset: unknown consensus keys {sorted(bad)}")

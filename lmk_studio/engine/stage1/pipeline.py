@@ -184,6 +184,40 @@ def confidence(full_small: list[np.ndarray], scale: float, ex: int, ex_pts: np.n
     return conf
 
 
+def choose_candidates(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, pts: np.ndarray,
+                      conf: np.ndarray, opts: dict, cancel: CancelToken | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Stage I's answer as the primary among engine.candidates' candidates (the exemplar's
+    point copied, the ECC affine alone, the classical preview, each also after a local search),
+    one kind chosen per landmark over the folder, label-free.
+
+    Why: Stage I refines a registration, so a landmark on a structure that does not move with the
+    anatomy (porion at a cephalostat's ear rods) stays wrong however well it is refined; the
+    choice keeps Stage I wherever nothing beats it clearly. Returns (points, confidence, record:
+    candidate names and the winner per landmark)."""
+    from lmk_studio.engine import candidates as cm
+
+    params = cm.CandidateParams(**{k: (tuple(v) if k == "score_radii" else v)
+                                   for k, v in opts.items() if k != "on"}, primary="stage1")
+    targets = [k for k in range(len(full)) if k != ex]
+    sets, scores = [], []
+    for k in targets:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        cs, sc, _ = cm.image_candidates(full[ex], ex_pts, full[k], params,
+                                        extra={"stage1": pts[k]})
+        sets.append(cs)
+        scores.append(sc)
+    if not sets:
+        return pts, conf, {}
+    ch = cm.choose_per_landmark(np.stack(scores), sets[0].names, params.primary, params.margin)
+    out, conf = pts.copy(), conf.copy()
+    for k, cs, sc in zip(targets, sets, scores, strict=True):
+        out[k] = cm.apply_choice(cs, ch)
+        conf[k] = cm.choice_confidence(cs, ch, sc, conf[k])
+    return out, conf, {"names": ch.names, "chosen_per_landmark": ch.chosen_names()}
+
+
 def _predict_per_landmark(tr: PassTrainer, targets: list[int]):
     """Crop predictions; with per-landmark selection each landmark comes from its own state."""
     groups = tr.landmark_states()
@@ -379,6 +413,16 @@ def fit_stage1(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, cfg: Stage1C
         if spread is not None:
             # paths that disagree = a point to review first
             conf = conf * np.exp(-spread / (4 * conf_scale))
+        if cfg.candidates.get("on", bool(cfg.candidates)):
+            t1 = time.monotonic()
+            pts, conf, history["candidates"] = choose_candidates(full, ex, ex_pts, pts, conf,
+                                                                 cfg.candidates, cancel)
+            timings["candidates_s"] = time.monotonic() - t1
+            off = [f"{j + 1}: {c}" for j, c in
+                   enumerate(history["candidates"].get("chosen_per_landmark", []))
+                   if c != "stage1"]
+            notes.append("candidate choice per landmark: " + (", ".join(off) if off else
+                                                               "Stage I kept everywhere"))
         timings["total_s"] = time.monotonic() - t0
         return Stage1Result(pts, conf, dis, start, timings, [x for x in notes if x], history,
                             models)
