@@ -444,3 +444,93 @@ def test_export_in_mm_scales_by_spacing_and_refuses_without_it(store, tmp_path):
         formats.export_csv(proj, out, wide=True, units="mm")
     assert out.read_bytes() == before
     proj.close()
+
+
+# ---- hostile annotation files: faults, never tracebacks or hangs (issue 13, item 5) ----------
+@pytest.mark.parametrize("text,problem", [
+    ('{"shapes": [{"label": "l1", "points": [[1' + "0" * 5000 + ', 2]]}]}', "not usable JSON"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_labelme_hostile_json_is_a_fault(tmp_path, text, problem):
+    p = tmp_path / "a.json"
+    p.write_text(text, encoding="utf-8")
+    pts, faults = read_labelme_points(p, NAMES)
+    assert pts == {} and len(faults) == 1 and problem in faults[0].problem
+
+
+def test_labelme_huge_integer_coordinate_is_a_fault(tmp_path):
+    p = _labelme(tmp_path / "a.json", [_pt("Sella", 10**400, 2)])
+    pts, faults = read_labelme_points(p, NAMES)
+    assert 0 not in pts and any("not numbers" in f.problem for f in faults)
+
+
+def test_project_json_points_not_a_list_is_a_fault(store, tmp_path):
+    proj = _project(store, tmp_path)
+    doc = {"format": "lmk_studio-points", "version": 1, "images": [
+        {"name": "001.png", "points": 5},
+        {"name": "004.png", "points": [{"index": 0, "x": 1.0, "y": 2.0, "status": "accepted"}]}]}
+    src = tmp_path / "p.json"
+    src.write_text(json.dumps(doc), encoding="utf-8")
+    rep = formats.import_json(proj, src)
+    assert rep.imported == 1 and any("'points' is int" in f.problem for f in rep.faults)
+    for bad in ("[" * 50_000 + "]" * 50_000, '{"version": 1' + "0" * 5000 + "}"):
+        src.write_text(bad, encoding="utf-8")
+        with pytest.raises(ImportFault, match="not usable JSON"):
+            formats.import_json(proj, src)
+    proj.close()
+
+
+def test_many_copies_of_a_label_are_resolved_in_linear_time(tmp_path):
+    import time
+
+    rng = np.random.default_rng(0)
+    far = [_pt("Sella", float(x), float(y)) for x, y in rng.uniform(0, 40, (20_000, 2))]
+    near = [_pt("Nasion", 5.0 + float(d), 5.0) for d in rng.uniform(0, 0.9, 20_000)]
+    p = _labelme(tmp_path / "a.json", far + near)
+    t0 = time.monotonic()
+    pts, faults = read_labelme_points(p, NAMES)
+    assert time.monotonic() - t0 < 10.0
+    sella = next(f for f in faults if f.label == "Sella" and "duplicate" in f.problem)
+    assert "20000 points" in sella.problem and "none kept" in sella.problem
+    assert len(sella.problem) < 400  # five positions quoted, not twenty thousand
+    assert 0 not in pts and 1 in pts  # Nasion's copies lie within 1 px: their mean is kept
+
+
+@pytest.mark.parametrize("n", [2, 3, 10, 300, 1200])
+def test_point_spread_matches_the_pairwise_maximum(n):
+    rng = np.random.default_rng(n)
+    for xy in (rng.normal(size=(n, 2)) * 10,
+               np.c_[np.cos(np.linspace(0, 6.28, n)), np.sin(np.linspace(0, 6.28, n))]):
+        d = xy[:, None, :] - xy[None, :, :]
+        assert formats.point_spread(xy) == pytest.approx(float(np.sqrt((d ** 2).sum(-1)).max()))
+
+
+def test_csv_coordinates_far_outside_the_image_are_faults(store, tmp_path):
+    """x = 1e308 was imported, after which `export --coco` died on an infinite bounding box."""
+    proj = _project(store, tmp_path)
+    src = tmp_path / "p.csv"
+    src.write_text("image,landmark_index,x_px,y_px\n001.png,0,1e308,2\n001.png,1,-200,2\n"
+                   "001.png,2,-3.5,2\n", encoding="utf-8")
+    rep = formats.import_csv(proj, src)
+    assert rep.imported == 1  # -3.5 is just outside a 64 px image: kept (predictions may be)
+    assert sum("far outside the 64x48 image" in f.problem for f in rep.faults) == 2
+    formats.export_coco(proj, tmp_path / "c.json")
+    proj.close()
+
+
+def test_unknown_labels_are_summarised_not_listed(store, tmp_path):
+    proj = _project(store, tmp_path)
+    p = _labelme(tmp_path / "001.json", [_pt(f"junk{k}", 1, 1) for k in range(20_000)])
+    with pytest.raises(ImportFault) as ei:
+        formats.import_labelme(proj, p)
+    msg = str(ei.value)
+    assert len(msg) < 10_000 and "... and 19984 more fault(s)" in msg
+    assert "unknown label" in msg.splitlines()[-1]
+    proj.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this OS")
+def test_annotation_fifo_is_a_fault_not_a_hang(tmp_path):
+    os.mkfifo(tmp_path / "a.json")
+    pts, faults = read_labelme_points(tmp_path / "a.json", NAMES)
+    assert pts == {} and "FIFO" in faults[0].problem

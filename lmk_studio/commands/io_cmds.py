@@ -1,6 +1,7 @@
 """`lmk-studio import` and `lmk-studio export`: thin wrappers over core.formats.
 
-import prints the counts and every fault (one per line, "file: label: problem") and exits 0 when
+import prints the counts and the faults (one per line, "file: label: problem"; past 200, the rest
+are counted by problem, so a file of 110,000 bad labels stays readable) and exits 0 when
 something was imported (faults are reported, sound data kept); a refused import (nothing
 importable, contradictory exemplar) is an ImportFault: message on stderr, exit 2, nothing written.
 """
@@ -12,6 +13,8 @@ import os
 from pathlib import Path
 
 from lmk_studio.core.errors import LmkError
+
+_SHOWN = 200  # faults / unknown images printed one per line; the rest are counted
 
 
 def _open(path: str):
@@ -36,10 +39,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         else:  # argparse makes one of them required
             raise LmkError("import: give --labelme, --isbi or --csv")
     print(rep.summary())
-    for name in rep.unknown_images:
+    for name in rep.unknown_images[:_SHOWN]:
         print(f"unknown image: {name}")
-    for f in rep.faults:
-        print(f"fault: {f}")
+    if len(rep.unknown_images) > _SHOWN:
+        print(f"unknown image: ... and {len(rep.unknown_images) - _SHOWN} more")
+    for line in formats.summarise_faults(rep.faults, _SHOWN):
+        print(f"fault: {line}")
     for n in rep.notes:
         print(f"note: {n}")
     return 0

@@ -39,11 +39,18 @@ from typing import Any
 import numpy as np
 
 from lmk_studio.core.errors import ImportFault, LmkError
-from lmk_studio.core.fileio import atomic_write_bytes, atomic_write_text  # noqa: F401
+from lmk_studio.core.fileio import (  # noqa: F401 (atomic_write_text re-exported)
+    FileRefused,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_regular_bytes,
+)
 from lmk_studio.core.points import LandmarkPoint, Source, Status
 
 LABELME_PIXEL_OFFSET = -0.5
 DUPLICATE_TOLERANCE_PX = 1.0
+MAX_ANNOTATION_BYTES = 64 * 2**20
+FAULTS_SHOWN = 20  # a refused import's message lists this many faults, then counts the rest
 JSON_FORMAT = "lmk_studio-points"
 JSON_VERSION = 1
 HAMEDAN_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "hamedan_ceph"
@@ -172,19 +179,115 @@ def _finite(v: Any) -> float | None:
     """A finite float from a JSON number, else None (bools are not numbers here)."""
     if isinstance(v, bool) or not isinstance(v, int | float):
         return None
-    f = float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # an integer beyond float range
+        return None
     return f if math.isfinite(f) else None
 
 
 def _read_text(path: Path, display: str) -> tuple[str | None, Fault | None]:
+    """The file as text, or a Fault: only regular files (a FIFO would block for ever) of at
+    most MAX_ANNOTATION_BYTES (parsed JSON takes ~10x its size in memory)."""
     try:
-        return path.read_bytes().decode("utf-8-sig"), None
+        return read_regular_bytes(path, MAX_ANNOTATION_BYTES, "annotation file").decode(
+            "utf-8-sig"), None
+    except FileRefused as e:
+        return None, Fault(display, "-", e.problem)
     except FileNotFoundError:
         return None, Fault(display, "-", "file not found")
     except UnicodeDecodeError as e:
         return None, Fault(display, "-", f"not UTF-8 text (byte {e.start})")
     except OSError as e:
         return None, Fault(display, "-", f"cannot read ({e.strerror or e})")
+
+
+def _load_json(text: str) -> tuple[Any, str | None]:
+    """(value, None) or (None, the problem in words): never a traceback, whatever the text.
+
+    json.loads raises more than JSONDecodeError on hostile input: ValueError for an integer
+    of more than 4300 digits, RecursionError for deeply nested arrays.
+    """
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+    except RecursionError:
+        return None, "not usable JSON: nested too deeply"
+    except (ValueError, OverflowError) as e:
+        return None, f"not usable JSON ({str(e)[:120]})"
+
+
+def summarise_faults(faults: Sequence[str], limit: int = FAULTS_SHOWN) -> list[str]:
+    """The first ``limit`` faults, then one line counting the rest by problem: 110,000 unknown
+    labels make a readable message instead of ten megabytes of it."""
+    lines = [str(f) for f in faults[:limit]]
+    rest = faults[limit:]
+    if rest:
+        by_problem: dict[str, int] = {}
+        for f in rest:
+            key = getattr(f, "problem", None) or str(f)
+            by_problem[key] = by_problem.get(key, 0) + 1
+        top = sorted(by_problem.items(), key=lambda kv: -kv[1])[:3]
+        kinds = "; ".join(f"{n} x {p[:100]}" for p, n in top)
+        more = len(by_problem) - len(top)
+        lines.append(f"... and {len(rest)} more fault(s): {kinds}"
+                     + (f"; {more} other kind(s)" if more > 0 else ""))
+    return lines
+
+
+def _convex_hull(pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Andrew's monotone chain, counter-clockwise, collinear points dropped."""
+    pts = sorted(set(pts))
+    if len(pts) <= 2:
+        return pts
+
+    def cross(o: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower: list[tuple[float, float]] = []
+    for p in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    upper: list[tuple[float, float]] = []
+    for p in reversed(pts):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    return lower[:-1] + upper[:-1]
+
+
+def point_spread(xy: np.ndarray) -> float:
+    """Largest distance between any two of the (n, 2) points, in O(n log n).
+
+    The plain pairwise maximum is quadratic: 3,000 copies of a label took 34 s and 110,000
+    never finished. Small sets still use it (exact, vectorised); larger ones use the convex
+    hull, whose farthest pair is the set's, found by rotating calipers.
+    """
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    if len(xy) < 2:
+        return 0.0
+    if len(xy) <= 256:
+        d = xy[:, None, :] - xy[None, :, :]
+        return float(np.sqrt((d ** 2).sum(-1)).max())
+    hull = _convex_hull([(float(a), float(b)) for a, b in xy])
+    n = len(hull)
+    if n <= 256:
+        return point_spread(np.asarray(hull))
+    h = np.asarray(hull)
+
+    def area(i: int, j: int, k: int) -> float:
+        return abs((h[j, 0] - h[i, 0]) * (h[k, 1] - h[i, 1])
+                   - (h[j, 1] - h[i, 1]) * (h[k, 0] - h[i, 0]))
+
+    best, j = 0.0, 1
+    for i in range(n):
+        ni = (i + 1) % n
+        while area(i, ni, (j + 1) % n) > area(i, ni, j):
+            j = (j + 1) % n
+        best = max(best, float(np.hypot(*(h[i] - h[j]))), float(np.hypot(*(h[ni] - h[j]))))
+    return best
 
 
 def _resolve_duplicates(
@@ -201,10 +304,9 @@ def _resolve_duplicates(
             out[idx] = (lst[0][0] + offset, lst[0][1] + offset)
             continue
         xy = np.array([(a, b) for a, b, _ in lst], dtype=np.float64)
-        spread = max(
-            float(np.hypot(*(xy[i] - xy[j]))) for i in range(len(xy)) for j in range(i)
-        )
-        where = ", ".join(f"({a:.1f}, {b:.1f})" for a, b in xy)
+        spread = point_spread(xy)
+        where = ", ".join(f"({a:.1f}, {b:.1f})" for a, b in xy[:5]) + (
+            f" and {len(xy) - 5} more" if len(xy) > 5 else "")
         if spread <= DUPLICATE_TOLERANCE_PX:
             out[idx] = (float(xy[:, 0].mean()) + offset, float(xy[:, 1].mean()) + offset)
             faults.append(Fault(display, lst[0][2], (
@@ -234,12 +336,9 @@ def _parse_labelme(
     text, fault = _read_text(path, display)
     if text is None:
         return _LabelmeFile({}, [fault] if fault else [], readable=False)
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        return _LabelmeFile(
-            {}, [Fault(display, "-", f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})")],
-            readable=False)
+    d, problem = _load_json(text)
+    if problem is not None:
+        return _LabelmeFile({}, [Fault(display, "-", problem)], readable=False)
     if not isinstance(d, dict) or not isinstance(d.get("shapes"), list):
         return _LabelmeFile(
             {}, [Fault(display, "-", "not a labelme file (no 'shapes' list)")], readable=False)
@@ -247,7 +346,8 @@ def _parse_labelme(
     ip = d.get("imagePath")
     image_path = ip if isinstance(ip, str) and ip.strip() else None
     w, h = d.get("imageWidth"), d.get("imageHeight")
-    stated = (w, h) if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0 else None
+    stated = (w, h) if (isinstance(w, int) and isinstance(h, int) and 0 < w < 2**31
+                        and 0 < h < 2**31) else None
     if image_size is not None and stated is not None and tuple(stated) != tuple(image_size):
         faults.append(Fault(display, "-", (
             f"file states a {stated[0]}x{stated[1]} image but the image is "
@@ -574,16 +674,15 @@ def _parse_project_json(path: Path, names: Sequence[str]) -> tuple[list[ParsedPo
     text, fault = _read_text(path, disp)
     if text is None:
         raise ImportFault(str(fault))
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ImportFault(f"{disp}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") \
-            from None
+    d, problem = _load_json(text)
+    if problem is not None:
+        raise ImportFault(f"{disp}: {problem}")
     if not isinstance(d, dict) or d.get("format") != JSON_FORMAT or not isinstance(
             d.get("images"), list):
         raise ImportFault(f"{disp}: not an lmk_studio points JSON (format {JSON_FORMAT!r})")
     if isinstance(d.get("version"), int) and d["version"] > JSON_VERSION:
-        raise ImportFault(f"{disp}: written by a newer lmk_studio (version {d['version']})")
+        raise ImportFault(f"{disp}: written by a newer lmk_studio (version "
+                          f"{str(d['version'])[:20]})")
     t = d.get("template")
     lms = t.get("landmarks") if isinstance(t, dict) else None
     t_names = ([lm.get("name") if isinstance(lm, dict) else lm for lm in lms]
@@ -598,7 +697,14 @@ def _parse_project_json(path: Path, names: Sequence[str]) -> tuple[list[ParsedPo
         if not isinstance(im, dict) or not isinstance(im.get("name"), str):
             faults.append(Fault(disp, f"image {ii + 1}", "no image name; skipped"))
             continue
-        for pj, pt in enumerate(im.get("points") or []):
+        pts = im.get("points")
+        if pts is None:
+            continue
+        if not isinstance(pts, list):
+            faults.append(Fault(disp, im["name"], (
+                f"'points' is {type(pts).__name__}, not a list; skipped")))
+            continue
+        for pj, pt in enumerate(pts):
             label = f"{im['name']} point {pj + 1}"
             if not isinstance(pt, dict):
                 faults.append(Fault(disp, label, "not an object; skipped"))
@@ -695,9 +801,10 @@ def _write_rows(
 ) -> ImportReport:
     """Validate the whole batch against the project, then one set_points transaction."""
     if not rows:
-        detail = "\n".join(str(f) for f in report.faults)
-        unknown = (f"; unknown images: {', '.join(report.unknown_images[:10])}"
-                   if report.unknown_images else "")
+        detail = "\n".join(summarise_faults(report.faults))
+        n_unk = len(report.unknown_images)
+        unknown = (f"; {n_unk} unknown image(s): {', '.join(report.unknown_images[:10])}"
+                   + (" ..." if n_unk > 10 else "") if n_unk else "")
         raise ImportFault(
             f"{report.source}: nothing to import ({report.files_read} file(s) read{unknown}); "
             f"nothing was written" + (f"\n{detail}" if detail else ""))
@@ -814,6 +921,26 @@ def import_isbi(project: Any, source: str | Path, status: Status = Status.ACCEPT
     return _write_rows(project, rows, report)
 
 
+def _outside(q: ParsedPoint, rec: Any) -> str | None:
+    """Why a parsed point cannot belong to its image, or None.
+
+    The project's own CSV/JSON may hold model predictions a little outside the image (the
+    store keeps them, and the round trip must be exact), so the bound is the image grown by
+    its own width and height on every side; a coordinate beyond that (1e308, or -50 on a
+    30-pixel image) is a damaged or hand-made file, and would break the COCO export's
+    bounding box. labelme and ISBI files, written by annotators, are held to the image itself.
+    """
+    if q.x is None or q.y is None:
+        return None
+    w, h = getattr(rec, "width", None), getattr(rec, "height", None)
+    if not isinstance(w, int) or not isinstance(h, int):
+        return None
+    if -0.5 - w <= q.x <= 2 * w - 0.5 and -0.5 - h <= q.y <= 2 * h - 0.5:
+        return None
+    return (f"point ({q.x:g}, {q.y:g}) lies far outside the {w}x{h} image (more than the "
+            "image's own size beyond its edge); skipped")
+
+
 def _import_parsed(
     project: Any, pts: list[ParsedPoint], report: ImportReport, status: Status | None,
 ) -> ImportReport:
@@ -829,6 +956,11 @@ def _import_parsed(
             if q.image not in unknown_seen:
                 unknown_seen.add(q.image)
                 _add_unknown(report, report.source, q.image, why)
+            continue
+        outside = _outside(q, rec)
+        if outside:
+            report.faults.append(Fault(report.source, q.where.rsplit(": ", 1)[-1] + " "
+                                       + names[q.index], outside))
             continue
         if status is None:
             st = q.status or Status.ACCEPTED
@@ -847,9 +979,10 @@ def _import_parsed(
     rows: list[tuple[int, LandmarkPoint]] = []
     for (iid, k), lst in by_key.items():
         if len(lst) > 1:
+            rows_at = ", ".join(q.where.rsplit(": ", 1)[-1] for q, _ in lst[:5]) + (
+                f" and {len(lst) - 5} more" if len(lst) > 5 else "")
             report.faults.append(Fault(report.source, f"{project.image(iid).name} {names[k]}", (
-                f"{len(lst)} rows ({', '.join(q.where.rsplit(': ', 1)[-1] for q, _ in lst)}) "
-                "for the same point; ambiguous, none kept")))
+                f"{len(lst)} rows ({rows_at}) for the same point; ambiguous, none kept")))
             continue
         rows.append((iid, lst[0][1]))
     if dropped_runs:
