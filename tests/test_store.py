@@ -728,3 +728,61 @@ def test_non_utf8_file_added_to_an_existing_project_keeps_the_others(tmp_path: P
         added = p.add_images(list_images(new))
         assert sorted(r.name for r in added) == ["a.png", "caf\\xe9.png"]
         assert len(p.images()) == 3
+
+
+# ---- crafted values in a project file (issue 13, item 6) -------------------------------------
+_CRAFTED = {
+    "point status": ("UPDATE points SET status = 'bogus'", "'bogus'"),
+    "point source": ("UPDATE points SET source = 'alien'", "'alien'"),
+    "point x text": ("UPDATE points SET x = 'x'", "'x'"),
+    "point index text": ("UPDATE points SET idx = 'one' WHERE idx = 0", "'one'"),
+    "point confidence": ("UPDATE points SET confidence = 'hi'", "'hi'"),
+    "point run id": ("UPDATE points SET run_id = 'r'", "'r'"),
+    "calibration text": ("INSERT OR REPLACE INTO meta VALUES ('lmk:calibration', '\"x\"')",
+                         "'x'"),
+    "calibration not json": ("INSERT OR REPLACE INTO meta VALUES ('lmk:calibration', 'oops')",
+                             "'oops'"),
+    "exemplar id": ("INSERT OR REPLACE INTO meta VALUES ('lmk:exemplar_id', '\"abc\"')", "'abc'"),
+    "image width": ("UPDATE images SET width = 'wide'", "'wide'"),
+    "image spacing": ("UPDATE images SET spacing_row = -1, spacing_col = 1", "-1"),
+    "image name": ("UPDATE images SET name = 5", "5"),
+    "image path": ("UPDATE images SET path = 7, abs_path = 8 WHERE id = 1", "7"),
+    "run status": ("UPDATE runs SET status = 'bogus'", "'bogus'"),
+    "run metrics": ("UPDATE runs SET metrics = '[1'", "'[1'"),
+    "run config": ("UPDATE runs SET config = '5'", "'5'"),
+    "run started": ("UPDATE runs SET started = 5", "5"),
+    "template": ("UPDATE template SET json = '{\"name\": 5}'", None),
+    "coordinates overflow": ("UPDATE points SET x = CASE idx WHEN 0 THEN 1e308 ELSE -1e308 END",
+                             None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_CRAFTED))
+def test_crafted_project_value_is_reported_by_name(tmp_path: Path, capsys, case: str) -> None:
+    """`info` and `export` either work or say which file, table/row and value is wrong."""
+    from lmk_studio.cli import main
+
+    path = tmp_path / "p.lmk"
+    with Project.create(path, _template(), _folder(tmp_path, 2)) as p:
+        rec = p.images()[0]
+        run = p.start_run("classical", {})
+        p.finish_run(run, "finished", metrics={"points_written": 2})
+        p.set_points([(rec.id, LandmarkPoint(k, 3.0, 4.0, Status.PREDICTED, Source.CLASSICAL,
+                                             0.5, None, run)) for k in range(2)])
+    sql, shown = _CRAFTED[case]
+    with sqlite3.connect(path) as c:
+        c.execute(sql)
+    c.close()
+    out = tmp_path / "out"
+    out.mkdir()
+    for argv in (["info", str(path)],
+                 ["export", str(path), "--csv", str(out / "a.csv"), "--json",
+                  str(out / "a.json"), "--coco", str(out / "c.json")]):
+        rc = main(argv)  # anything but an LmkError would propagate here as a traceback
+        err = capsys.readouterr().err
+        assert rc in (0, 2)
+        if rc == 2:
+            assert str(path) in err or "cannot export" in err, err
+            if shown is not None:
+                assert shown in err, err
+            assert "Traceback" not in err

@@ -215,6 +215,65 @@ def _check_finite(path: Path, what: str, v: float | None) -> float | None:
     return f
 
 
+# ---- validation of what is read back ---------------------------------------------------------
+# A project file may come from a colleague, a server or a disk that went wrong; SQLite keeps any
+# value in any column. Every value is checked as it is read and a bad one is a ProjectError
+# naming the file, the table and row, and the value, instead of a traceback somewhere later.
+_NUM = (int, float)
+
+
+class _Bad(Exception):
+    """A value read from the project is not what its column means (internal; see _v)."""
+
+    def __init__(self, where: str, value: Any, expected: str) -> None:
+        self.where, self.value, self.expected = where, value, expected
+
+
+def _int(where: str, v: Any, lo: int | None = None, optional: bool = False) -> int | None:
+    if v is None and optional:
+        return None
+    if type(v) is not int or (lo is not None and v < lo):
+        raise _Bad(where, v, "a whole number" + (f" >= {lo}" if lo is not None else ""))
+    return v
+
+
+def _float(where: str, v: Any, positive: bool = False, optional: bool = True) -> float | None:
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, _NUM) or not math.isfinite(float(v)) \
+            or (positive and v <= 0):
+        raise _Bad(where, v, "a positive finite number" if positive else "a finite number")
+    return float(v)
+
+
+def _text(where: str, v: Any, optional: bool = False) -> str | None:
+    if v is None and optional:
+        return None
+    if not isinstance(v, str):
+        raise _Bad(where, v, "text")
+    return v
+
+
+def _json(where: str, v: Any, kind: type | tuple[type, ...] = dict) -> Any:
+    try:
+        out = json.loads(v)
+    except (TypeError, ValueError, RecursionError):
+        raise _Bad(where, v, "valid JSON") from None
+    if not isinstance(out, kind):
+        raise _Bad(where, v, "a JSON object" if kind is dict else "valid JSON")
+    return out
+
+
+def _spacing_pair(where: str, v: Any) -> tuple[float, float] | None:
+    if v is None:
+        return None
+    if not isinstance(v, list) or len(v) != 2:
+        raise _Bad(where, v, "[row, col] mm per pixel")
+    r, c = (_float(where, x, positive=True, optional=False) for x in v)
+    assert r is not None and c is not None
+    return r, c
+
+
 def _db_path(p: str | Path) -> str | bytes:
     """A file path as stored: text when it is valid UTF-8, else the file system's own bytes.
 
@@ -581,6 +640,8 @@ class Project:
                     pass
                 if isinstance(e, sqlite3.Error):
                     raise self._write_error(what, e) from None
+                if isinstance(e, _Bad):
+                    raise self._bad_value(e) from None
                 raise
 
     def _write_error(self, what: str, e: sqlite3.Error) -> ProjectError:
@@ -597,6 +658,16 @@ class Project:
             except sqlite3.Error as e:
                 raise ProjectError(f"{self.path}: cannot read the project "
                                    f"({_describe_sqlite_error(e)})") from None
+            except _Bad as e:
+                raise self._bad_value(e) from None
+
+    def _bad_value(self, e: _Bad) -> ProjectError:
+        v = repr(e.value)
+        v = v if len(v) <= 80 else v[:77] + "..."
+        return ProjectError(
+            f"{self.path}: {e.where} holds {v}, which is not {e.expected}. The file was changed "
+            "outside lmk_studio or is damaged; nothing was changed. Restore it from a backup, "
+            "or correct that value")
 
     # ------------------------------------------------------------------ template
 
@@ -607,8 +678,9 @@ class Project:
             raise ProjectError(f"{self.path}: the project has no landmark template (corrupt)")
         try:
             return _template_cls().from_dict(json.loads(row[0]))
-        except (ValueError, LmkError) as e:
-            raise ProjectError(f"{self.path}: the stored template is invalid ({e})") from None
+        except (ValueError, LmkError, TypeError, KeyError, AttributeError, RecursionError) as e:
+            raise ProjectError(f"{self.path}: the stored template (table template) is invalid "
+                               f"({type(e).__name__}: {str(e)[:200]})") from None
 
     @property
     def template(self) -> Template:
@@ -678,6 +750,12 @@ class Project:
         with self._read() as con:
             rows = con.execute(
                 "SELECT id, path, abs_path, hash, size, mtime_ns FROM images").fetchall()
+            for r in rows:
+                where = f"table images, row id {r[0]}"
+                _int("table images, id", r[0])
+                for col, v in (("path", r[1]), ("abs_path", r[2])):
+                    if not isinstance(v, str | bytes) or not v:
+                        raise _Bad(f"{where}, {col}", v, "a file path")
         checked = {r[0]: self._check_file(r) for r in rows}
         self._file_state = {iid: c[:3] for iid, c in checked.items()}
         fresh = [(c[3][0], c[3][1], iid) for iid, c in checked.items() if c[3] is not None]
@@ -758,7 +836,7 @@ class Project:
         with self._tx(f"the removal of {len(ids)} image(s)") as con:
             for iid in ids:
                 self._require_image(con, iid)
-            if self._meta_raw(con, _META_PREFIX + "exemplar_id") in ids:
+            if self._exemplar(con) in ids:
                 con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                             (_META_PREFIX + "exemplar_id", _dumps(None)))
             con.executemany("DELETE FROM predictions WHERE image_id = ?", [(i,) for i in ids])
@@ -772,6 +850,22 @@ class Project:
 
     def _record(self, r: tuple, project_cal: tuple[float, float] | None) -> ImageRecord:
         (iid, rel, abs_path, name, w, h, hsh, size, mtime_ns, sr, sc, ssrc, cr, cc) = r
+        _int("table images, id", iid)
+        where = f"table images, row id {iid}"
+        for col, v in (("path", rel), ("abs_path", abs_path)):
+            if not isinstance(v, str | bytes) or not v:
+                raise _Bad(f"{where}, {col}", v, "a file path")
+        _text(f"{where}, name", name)
+        _int(f"{where}, width", w, lo=1)
+        _int(f"{where}, height", h, lo=1)
+        _text(f"{where}, hash", hsh)
+        _int(f"{where}, size", size, optional=True)
+        _int(f"{where}, mtime_ns", mtime_ns, optional=True)
+        sr = _float(f"{where}, spacing_row", sr, positive=True)
+        sc = _float(f"{where}, spacing_col", sc, positive=True)
+        ssrc = _text(f"{where}, spacing_source", ssrc, optional=True)
+        cr = _float(f"{where}, calibration_row", cr, positive=True)
+        cc = _float(f"{where}, calibration_col", cc, positive=True)
         state = self._file_state.get(iid)
         if state is None:
             state = self._check_file((iid, rel, abs_path, hsh, size, mtime_ns))[:3]
@@ -789,8 +883,8 @@ class Project:
                            missing, changed)
 
     def _project_calibration(self, con: sqlite3.Connection) -> tuple[float, float] | None:
-        v = self._meta_raw(con, _META_PREFIX + "calibration")
-        return (float(v[0]), float(v[1])) if v else None
+        key = _META_PREFIX + "calibration"
+        return _spacing_pair(f"table meta, key {key!r}", self._meta_raw(con, key))
 
     def images(self) -> list[ImageRecord]:
         """All images in id order (re-read each call: another process may have added some)."""
@@ -884,11 +978,21 @@ class Project:
     # ------------------------------------------------------------------ points
 
     @staticmethod
-    def _point(row: tuple) -> LandmarkPoint:
+    def _point(row: tuple, where: str = "table points") -> LandmarkPoint:
         idx, x, y, status, source, conf, err, run_id = row
-        return LandmarkPoint(idx, x, y, _STATUS.get(status) or Status(status),
-                             (_SOURCE.get(source) or Source(source)) if source else None,
-                             conf, err, run_id)
+        st = _STATUS.get(status) if isinstance(status, str) else None
+        if st is None:
+            raise _Bad(f"{where}, landmark {idx!r}, status", status,
+                       f"a point status ({', '.join(_STATUS)})")
+        src = _SOURCE.get(source) if isinstance(source, str) else None
+        if source is not None and src is None:
+            raise _Bad(f"{where}, landmark {idx}, source", source,
+                       f"a point source ({', '.join(_SOURCE)})")
+        w = f"{where}, landmark {idx}"
+        return LandmarkPoint(idx, _float(f"{w}, x", x), _float(f"{w}, y", y), st, src,
+                             _float(f"{w}, confidence", conf),
+                             _float(f"{w}, expected_error_px", err),
+                             _int(f"{w}, run_id", run_id, optional=True))
 
     _PT_COLS = "idx, x, y, status, source, confidence, expected_error_px, run_id"
 
@@ -899,10 +1003,10 @@ class Project:
             iid = self._require_image(con, image_id)
             rows = con.execute(f"SELECT {self._PT_COLS} FROM points WHERE image_id = ? "
                                "ORDER BY idx", (iid,)).fetchall()
-        out = [LandmarkPoint(i, None, None) for i in range(n)]
-        for r in rows:
-            if 0 <= r[0] < n:
-                out[r[0]] = self._point(r)
+            out = [LandmarkPoint(i, None, None) for i in range(n)]
+            for r in rows:
+                if 0 <= _int(f"table points, image {iid}, idx", r[0]) < n:
+                    out[r[0]] = self._point(r, f"table points, image {iid}")
         return out
 
     def all_points(self) -> dict[int, list[LandmarkPoint]]:
@@ -915,11 +1019,11 @@ class Project:
                 rows = con.execute(f"SELECT image_id, {self._PT_COLS} FROM points").fetchall()
             finally:
                 con.execute("COMMIT")
-        out = {i: [LandmarkPoint(k, None, None) for k in range(n)] for i in ids}
-        for r in rows:
-            lst = out.get(r[0])
-            if lst is not None and 0 <= r[1] < n:
-                lst[r[1]] = self._point(r[1:])
+            out = {i: [LandmarkPoint(k, None, None) for k in range(n)] for i in ids}
+            for r in rows:
+                lst = out.get(r[0])
+                if lst is not None and 0 <= _int(f"table points, image {r[0]}, idx", r[1]) < n:
+                    lst[r[1]] = self._point(r[1:], f"table points, image {r[0]}")
         return out
 
     def _normalise(self, image_id: int, p: LandmarkPoint) -> LandmarkPoint:
@@ -956,7 +1060,7 @@ class Project:
                                f"({sorted(new_ex)}); a project has one exemplar")
         if new_ex:
             self._set_exemplar(con, next(iter(new_ex)))
-        ex = self._meta_raw(con, _META_PREFIX + "exemplar_id")
+        ex = self._exemplar(con)
         if ex is not None and any(iid == ex for iid, _ in rows):
             # the exemplar's human labels are its EXEMPLAR labels
             rows = [(iid, replace(p, status=Status.EXEMPLAR)
@@ -1020,8 +1124,7 @@ class Project:
                     locked.update((iid, int(r[0])) for r in con.execute(
                         f"SELECT idx FROM points WHERE image_id = ? AND status IN ({marks})",
                         (iid, *sorted(human))))
-                ex = self._meta_raw(con, _META_PREFIX + "exemplar_id")
-                ex = int(ex) if ex is not None else None
+                ex = self._exemplar(con)
                 norm = [(iid, p) for iid, p in norm
                         if checked[iid] != ex and (checked[iid], p.index) not in locked]
             self._write_points(con, [(checked[iid], p) for iid, p in norm])
@@ -1043,7 +1146,8 @@ class Project:
             iid = self._require_image(con, image_id)
             r = con.execute(f"SELECT {self._PT_COLS} FROM points WHERE image_id = ? AND idx = ?",
                             (iid, idx)).fetchone()
-            cur = self._point(r) if r else LandmarkPoint(idx, None, None)
+            cur = self._point(r, f"table points, image {iid}") if r else \
+                LandmarkPoint(idx, None, None)
             new = self._normalise(iid, LandmarkPoint(idx, cur.x, cur.y, status, cur.source,
                                                      cur.confidence, cur.expected_error_px,
                                                      cur.run_id))
@@ -1055,11 +1159,10 @@ class Project:
     @property
     def exemplar_id(self) -> int | None:
         with self._read() as con:
-            v = self._meta_raw(con, _META_PREFIX + "exemplar_id")
-        return int(v) if v is not None else None
+            return self._exemplar(con)
 
     def _set_exemplar(self, con: sqlite3.Connection, iid: int | None) -> None:
-        old = self._meta_raw(con, _META_PREFIX + "exemplar_id")
+        old = self._exemplar(con)
         if old is not None and old != iid:  # the old exemplar's labels stay, as human labels
             con.execute("UPDATE points SET status = ?, updated = ? WHERE image_id = ? AND "
                         "status = ?", (Status.CORRECTED.value, _now(), old,
@@ -1116,15 +1219,28 @@ class Project:
             iid = self._require_image(con, image_id)
             r = con.execute("SELECT calibration_row, calibration_col FROM images WHERE id = ?",
                             (iid,)).fetchone()
-        return (float(r[0]), float(r[1])) if r[0] is not None and r[1] is not None else None
+            where = f"table images, row id {iid}"
+            cr = _float(f"{where}, calibration_row", r[0], positive=True)
+            cc = _float(f"{where}, calibration_col", r[1], positive=True)
+        return (cr, cc) if cr is not None and cc is not None else None
 
     # ------------------------------------------------------------------ runs
 
     @staticmethod
     def _run(r: tuple) -> RunRecord:
         rid, kind, status, cfg, met, ck, tm, started, finished = r
-        return RunRecord(int(rid), kind, status, json.loads(cfg), json.loads(met),
-                         json.loads(ck), json.loads(tm), started, finished)
+        _int("table runs, id", rid)
+        w = f"table runs, row id {rid}"
+        if status not in RUN_STATUSES:
+            raise _Bad(f"{w}, status", status, f"a run status ({', '.join(RUN_STATUSES)})")
+        for col, v in (("started", started), ("finished", finished)):
+            if v is not None and not isinstance(v, str):
+                raise _Bad(f"{w}, {col}", v, "a time stamp")
+        if started is None:
+            raise _Bad(f"{w}, started", started, "a time stamp")
+        return RunRecord(rid, _text(f"{w}, kind", kind), status, _json(f"{w}, config", cfg),
+                         _json(f"{w}, metrics", met), _json(f"{w}, checkpoints", ck),
+                         _json(f"{w}, timings", tm), started, finished)
 
     _RUN_COLS = "id, kind, status, config, metrics, checkpoints, timings, started, finished"
 
@@ -1157,15 +1273,15 @@ class Project:
     def runs(self) -> list[RunRecord]:
         with self._read() as con:
             rows = con.execute(f"SELECT {self._RUN_COLS} FROM runs ORDER BY id").fetchall()
-        return [self._run(r) for r in rows]
+            return [self._run(r) for r in rows]
 
     def run(self, run_id: int) -> RunRecord:
         with self._read() as con:
             r = con.execute(f"SELECT {self._RUN_COLS} FROM runs WHERE id = ?",
                             (int(run_id),)).fetchone()
-        if r is None:
-            raise ProjectError(f"{self.path}: no run with id {run_id}")
-        return self._run(r)
+            if r is None:
+                raise ProjectError(f"{self.path}: no run with id {run_id}")
+            return self._run(r)
 
     def record_predictions(self, run_id: int, rows: Iterable[tuple[int, LandmarkPoint]]) -> None:
         """A run's output history (kept apart from the current points), one transaction."""
@@ -1190,9 +1306,11 @@ class Project:
                 "SELECT image_id, idx, x, y, status, source, confidence, expected_error_px "
                 "FROM predictions WHERE run_id = ? ORDER BY image_id, idx",
                 (int(run_id),)).fetchall()
-        out: dict[int, list[LandmarkPoint]] = {}
-        for r in rows:
-            out.setdefault(int(r[0]), []).append(self._point((*r[1:], int(run_id))))
+            out: dict[int, list[LandmarkPoint]] = {}
+            for r in rows:
+                where = f"table predictions, run {run_id}, image {r[0]}"
+                _int(f"{where}, idx", r[1])
+                out.setdefault(int(r[0]), []).append(self._point((*r[1:], int(run_id)), where))
         return out
 
     # ------------------------------------------------------------------ meta
@@ -1200,13 +1318,17 @@ class Project:
     @staticmethod
     def _meta_raw(con: sqlite3.Connection, key: str) -> Any:
         r = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(r[0]) if r else None
+        return _json(f"table meta, key {key!r}", r[0], object) if r else None
+
+    def _exemplar(self, con: sqlite3.Connection) -> int | None:
+        return _int(f"table meta, key {_META_PREFIX}exemplar_id",
+                    self._meta_raw(con, _META_PREFIX + "exemplar_id"), optional=True)
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         """A JSON value stored under key (GUI state, user settings of this project)."""
         with self._read() as con:
             r = con.execute("SELECT value FROM meta WHERE key = ?", (str(key),)).fetchone()
-        return json.loads(r[0]) if r else default
+            return _json(f"table meta, key {key!r}", r[0], object) if r else default
 
     def set_meta(self, key: str, value: Any) -> None:
         if not isinstance(key, str) or not key or key.startswith(_META_PREFIX):
@@ -1246,7 +1368,7 @@ class Project:
 
     def schema_version(self) -> int:
         with self._read() as con:
-            return int(con.execute("PRAGMA user_version").fetchone()[0])
+            return int(con.execute("PRAGMA user_version").fetchone()[0])  # SQLite's own int
 
     def status_counts(self) -> dict[Status, int]:
         """How many image x landmark slots are in each status (UNLABELLED included)."""
@@ -1256,9 +1378,13 @@ class Project:
             rows = con.execute("SELECT status, count(*) FROM points p JOIN images i "
                                "ON i.id = p.image_id WHERE p.idx < ? GROUP BY status",
                                (n,)).fetchall()
-        counts = {s: 0 for s in Status}
-        for s, c in rows:
-            counts[Status(s)] += int(c)
+            counts = {s: 0 for s in Status}
+            for s, c in rows:
+                st = _STATUS.get(s) if isinstance(s, str) else None
+                if st is None:
+                    raise _Bad("table points, status", s,
+                               f"a point status ({', '.join(_STATUS)})")
+                counts[st] += int(c)
         counts[Status.UNLABELLED] += n_img * n - sum(counts.values())
         return counts
 
