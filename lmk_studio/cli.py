@@ -76,7 +76,13 @@ def _build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("predict", help="predict landmarks")
     s.add_argument("project")
     s.add_argument("--method", default="stage2", choices=["classical", "stage1", "stage2"])
-    s.add_argument("--images", help="a folder of new images (added to the project)")
+    s.add_argument("--images", help="a folder of images (new ones are added to the project); "
+                   "without it: the images the trained model has not predicted yet")
+    s.add_argument("--all", action="store_true",
+                   help="predict every image again, also those the model already predicted")
+    s.add_argument("--start", default="auto", choices=["auto", "stage1", "preview"],
+                   help="stage2: where images without start points get them (auto: the "
+                   "trained Stage I model when there is one; preview: fastest)")
     s.add_argument("--device", default="auto")
 
     s = sub.add_parser("suggest-exemplar",

@@ -20,6 +20,8 @@ from typing import Any, TextIO
 from lmk_studio.core.errors import LmkError
 
 EXIT_CANCELLED = 130
+#: a prediction that wrote fewer points than it set out to (each missing image is named)
+EXIT_INCOMPLETE = 3
 
 
 # ---- terminal progress -----------------------------------------------------------------------
@@ -286,10 +288,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 from lmk_studio.engine.jobs import run_job
 
                 ids = _add_folder(proj, args.images, bar.note) if args.images else None
+                if ids is None and getattr(args, "all", False):
+                    ids = [r.id for r in proj.images()]
                 job = "classical" if args.method == "classical" else f"predict-{args.method}"
-                for rid in run_job(proj, job, device=device, progress=bar, cancel=token,
-                                   images=ids):
+                rids = run_job(proj, job, device=device, progress=bar, cancel=token,
+                               images=ids, start=getattr(args, "start", "auto"))
+                for rid in rids:
                     bar.note(_summary(proj, rid))
+                short = _shortfall(proj, rids[-1]) if rids else None
             except Cancelled:
                 bar.note("cancelled; points already in the project are unchanged")
                 return EXIT_CANCELLED
@@ -298,4 +304,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         proj.close()
+    if short:
+        print(f"lmk-studio: {short}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     return 0
+
+
+def _shortfall(proj, run_id: int) -> str | None:
+    """Words for a prediction run that wrote fewer points than it set out to, else None.
+    "finished; 0 points written" is never reported as success."""
+    m = proj.run(run_id).metrics or {}
+    exp, got = m.get("expected_points"), m.get("points_written", 0)
+    if exp is None:
+        return None
+    if exp == 0:
+        print("nothing to predict: every image already has this model's points (use --all to "
+              "predict them again)", file=sys.stderr)
+        return None
+    if got >= exp:
+        return None
+    why = m.get("skipped") or []
+    more = f" (and {len(why) - 5} more)" if len(why) > 5 else ""
+    return (f"run {run_id}: only {got} of {exp} points written; " + "; ".join(why[:5]) + more)

@@ -34,8 +34,10 @@ RUN_KINDS: dict[str, tuple[str, ...]] = {
     "stage1": ("stage1",),
     "stage2": ("stage2",),
     "predict-stage1": ("stage1-predict",),
-    "predict-stage2": ("stage2-predict",),
+    "predict-stage2": ("classical", "stage1-predict", "stage2-predict"),
 }
+#: where `predict-stage2` takes the start points of images that have none yet
+PREDICT_STARTS = ("auto", "stage1", "preview")
 BUNDLED_PRESETS = ("quick", "cpu", "paper")
 _FINISHED = ("finished", "done", "ok", "completed")
 #: a ProgressEvent with this stage name announces which step of a job is starting
@@ -124,21 +126,30 @@ def _plan(proj: Any, job: str, resume: bool) -> list[str]:
 def run_job(project_path: Any, job: str, preset: Preset = None, device: str = "auto",
             resume: bool = False, seed: int | None = None,
             progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
-            images: Sequence[int] | None = None) -> list[int]:
+            images: Sequence[int] | None = None, start: str = "auto") -> list[int]:
     """Run `job` on the project (a path or an open Project) and return the run ids it wrote.
 
     Jobs: "classical", "stage1", "stage2", "all" (classical preview if none finished yet, then
     Stage I, then Stage II), "predict-stage1", "predict-stage2". `images` limits the classical
-    and predict jobs to those image ids. Cancellation raises engine.common.Cancelled after the
-    running stage has recorded its run as cancelled.
+    and predict jobs to those image ids; without it the predict jobs do the images their model
+    has not predicted yet. "predict-stage2" first gives start points to the images that have
+    none, on those images only: with the trained Stage I model (`start` "stage1", or "auto" when
+    one exists) or the classical preview ("preview", fastest). Cancellation raises
+    engine.common.Cancelled after the running stage has recorded its run as cancelled.
     """
     chosen = check_presets(job, preset)
+    if start not in PREDICT_STARTS:
+        raise LmkError(f"unknown start {start!r}: use one of {', '.join(PREDICT_STARTS)}")
     proj, owned = _open(project_path)
     try:
-        steps = _plan(proj, job, resume)
+        if job == "predict-stage2":
+            planned = _predict_plan(proj, images, start)
+        else:
+            planned = [(s, images) for s in _plan(proj, job, resume)]
+        steps = [s for s, _ in planned]
         run_ids: list[int] = []
         resumed = False
-        for k, step in enumerate(steps):
+        for k, (step, step_images) in enumerate(planned):
             if cancel is not None:
                 cancel.raise_if_cancelled()
             words = JOBS[step]
@@ -152,7 +163,7 @@ def run_job(project_path: Any, job: str, preset: Preset = None, device: str = "a
             step_resume = resume and not resumed and step in ("stage1", "stage2")
             resumed = resumed or step in ("stage1", "stage2")
             run_id = _run_step(proj, step, chosen.get(step), device, step_resume, seed, progress,
-                               cancel, images)
+                               cancel, step_images)
             run_ids.append(run_id)
             log.info("%s: %s finished as run %d in %.1f s", proj.path, step, run_id,
                      time.monotonic() - t0)
@@ -162,6 +173,41 @@ def run_job(project_path: Any, job: str, preset: Preset = None, device: str = "a
     finally:
         if owned:
             proj.close()
+
+
+def _predict_plan(proj: Any, images: Sequence[int] | None, start: str
+                  ) -> list[tuple[str, Sequence[int] | None]]:
+    """Steps of predict-stage2: start points first, only for the images that lack them."""
+    from lmk_studio.engine import runs
+
+    model = runs.newest_finished(proj, ("stage2",))
+    if model is None:
+        return [("predict-stage2", images)]   # the job itself says "train Stage II first"
+    ex_id = proj.exemplar_id
+    if images is None:
+        ids = runs.needs_prediction(proj, model, "stage2-predict",
+                                    [r.id for r in proj.images() if r.id != ex_id])
+    else:
+        ids = [int(i) for i in images if int(i) != ex_id]
+    n = len(proj.template)
+    have1, _ = runs.latest_points(proj, ids, n, runs.STAGE1_KINDS)
+    steps: list[tuple[str, Sequence[int] | None]] = []
+    use_stage1 = start == "stage1" or (
+        start == "auto" and runs.newest_finished(proj, ("stage1",)) is not None)
+    if start == "stage1" and runs.newest_finished(proj, ("stage1",)) is None:
+        raise LmkError(f"{proj.path}: --start stage1 needs a trained Stage I model; train "
+                       "Stage I or use --start preview")
+    if use_stage1:
+        miss = [i for i in ids if i not in have1]
+        if miss:
+            steps.append(("predict-stage1", miss))
+    else:
+        have0, _ = runs.latest_points(proj, ids, n, runs.CLASSICAL_KINDS)
+        miss = [i for i in ids if i not in have1 and i not in have0]
+        if miss:
+            steps.append(("classical", miss))
+    steps.append(("predict-stage2", ids))
+    return steps
 
 
 def _run_step(proj: Any, step: str, preset: str | None, device: str, resume: bool,

@@ -12,7 +12,7 @@ import numpy as np
 
 from lmk_studio.core.errors import LmkError
 from lmk_studio.core.points import LandmarkPoint, Source, Status
-from lmk_studio.engine import checkpoints
+from lmk_studio.engine import checkpoints, runs
 from lmk_studio.engine.checkpoints import model_dir
 from lmk_studio.engine.common import (
     Cancelled,
@@ -52,23 +52,21 @@ def load_normalized(path: Path) -> np.ndarray:
             raise LmkError(f"{path}: cannot read the image") from None
         if im.ndim == 3:
             im = cv2.cvtColor(im, cv2.COLOR_BGR2GRAY)
-        return im.astype(np.float32) / float(np.iinfo(im.dtype).max)
-    return load_image(path).normalized()
+        return runs.check_engine_image(im.astype(np.float32) / float(np.iinfo(im.dtype).max),
+                                       Path(path).name)
+    return runs.check_engine_image(load_image(path).normalized(), Path(path).name)
 
 
 def _classical_points(proj, ids: Sequence[int], n: int) -> np.ndarray | None:
-    """Points of the newest finished classical preview run, if any."""
-    for r in sorted(proj.runs(), key=lambda r: r.id, reverse=True):
-        if r.kind in _CLASSICAL_KINDS and r.status in _DONE:
-            preds = proj.predictions(r.id)
-            out = np.full((len(ids), n, 2), np.nan)
-            for k, iid in enumerate(ids):
-                for p in preds.get(iid, []):
-                    if p.x is not None and p.y is not None:
-                        out[k, p.index] = (p.x, p.y)
-            if np.isfinite(out).any():
-                return out
-    return None
+    """Per image, the points of the newest finished classical preview that predicted it."""
+    got, _ = runs.latest_points(proj, ids, n, runs.CLASSICAL_KINDS)
+    if not got:
+        return None
+    out = np.full((len(ids), n, 2), np.nan)
+    for k, iid in enumerate(ids):
+        if iid in got:
+            out[k] = got[iid]
+    return out
 
 
 def train_stage1_job(project: Any, preset: str | None = "cpu", device: str = "auto",
@@ -205,18 +203,16 @@ def predict_stage1_job(project: Any, device: str = "auto",
                        progress: ProgressCallback = no_progress,
                        cancel: CancelToken | None = None,
                        images: Sequence[int] | None = None) -> int:
-    """Re-run the newest trained Stage I model (its preset, no training) on some or all images.
+    """Re-run the newest trained Stage I model (its preset, no training) on some images.
 
-    The learned passes need the training folder only for their weights, so this re-uses the
-    newest finished run's saved models with epochs=0.
+    `images`: those images; None: the images the model has not predicted yet (never the ones it
+    was trained on or already predicted, so nothing is re-adapted for nothing). The learned
+    passes need the training folder only for their weights, so this re-uses the newest finished
+    run's saved models with epochs=0. An image that cannot be loaded is skipped by name.
     """
     proj, owned = _open(project)
     try:
-        src = None
-        for r in sorted(proj.runs(), key=lambda r: r.id, reverse=True):
-            if r.kind == RUN_KIND and r.status in _DONE:
-                src = r
-                break
+        src = runs.newest_finished(proj, (RUN_KIND,))
         if src is None:
             raise LmkError(f"{proj.path}: no trained Stage I model yet: train Stage I first")
         from .config import Stage1Config
@@ -227,31 +223,61 @@ def predict_stage1_job(project: Any, device: str = "auto",
         n = len(proj.template)
         records = proj.images()
         ex_id = proj.exemplar_id
-        wanted = set(images) if images is not None else None
-        recs = [r for r in records if r.id == ex_id or wanted is None or r.id in wanted]
-        run_id = proj.start_run("stage1-predict", {"model_run": src.id, "device": str(dev)})
+        if ex_id is None:
+            raise LmkError(f"{proj.path}: no exemplar: mark the landmarks on one image first")
+        if images is not None:
+            wanted = {int(i) for i in images}
+        else:
+            wanted = set(runs.needs_prediction(proj, src, "stage1-predict",
+                                               [r.id for r in records if r.id != ex_id]))
+        recs = [r for r in records if r.id == ex_id or r.id in wanted]
+        run_id = proj.start_run("stage1-predict", {"model_run": src.id, "device": str(dev),
+                                                   "images": len(recs) - 1})
+        skipped: list[str] = []
+        written = expected = 0
         try:
-            full = [load_normalized(r.path) for r in recs]
-            ids = [r.id for r in recs]
+            models = {k: checkpoints.resolve(proj, v, f"Stage I {k} model of run {src.id}")
+                      for k, v in (src.checkpoints or {}).items() if k in ("coarse", "refine")}
+            full, used = [], []
+            for rec in recs:
+                try:
+                    full.append(load_normalized(rec.path))
+                    used.append(rec)
+                except LmkError as exc:
+                    if rec.id == ex_id:
+                        raise LmkError(f"the exemplar image cannot be loaded: {exc}") from exc
+                    skipped.append(str(exc))
+            ids = [r.id for r in used]
             ex = ids.index(ex_id)
             ex_pts = np.full((n, 2), np.nan)
             for p in proj.points(ex_id):
                 if p.placed:
                     ex_pts[p.index] = (p.x, p.y)
-            start = _classical_points(proj, ids, n) if cfg.start == "classical" else None
-            models = {k: checkpoints.resolve(proj, v, f"Stage I {k} model of run {src.id}")
-                      for k, v in (src.checkpoints or {}).items() if k in ("coarse", "refine")}
-            res = predict_with_models(full, ex, ex_pts, cfg, models, dev, start, progress,
-                                      cancel)
-            written = _write(proj, run_id, recs, ex, res)
+            expected = sum(_needed(proj, r.id, n) for r in used if r.id != ex_id)
+            if len(used) > 1:
+                start = _classical_points(proj, ids, n) if cfg.start == "classical" else None
+                res = predict_with_models(full, ex, ex_pts, cfg, models, dev, start, progress,
+                                          cancel)
+                written = _write(proj, run_id, used, ex, res)
         except Cancelled:
             proj.finish_run(run_id, "cancelled")
             raise
         except BaseException as exc:
             proj.finish_run(run_id, "failed", metrics={"error": str(exc)})
             raise
-        proj.finish_run(run_id, "finished", metrics={"points_written": written})
+        proj.finish_run(run_id, "finished",
+                        metrics={"points_written": written, "expected_points": expected,
+                                 "images": len(used) - 1, "skipped": skipped,
+                                 "faults": skipped})
         return run_id
     finally:
         if owned:
             proj.close()
+
+
+def _needed(proj, image_id: int, n: int) -> int:
+    """Landmarks of an image a prediction should fill: not trusted, not marked absent."""
+    cur = {p.index: p for p in proj.points(image_id)}
+    return sum(1 for j in range(n)
+               if j not in cur or not (cur[j].status.is_trusted and cur[j].placed
+                                       or cur[j].status is Status.ABSENT))

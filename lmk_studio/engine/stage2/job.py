@@ -8,16 +8,18 @@ a point the user marked absent.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
 from lmk_studio.core.errors import LmkError
 from lmk_studio.core.points import LandmarkPoint, Source, Status
-from lmk_studio.engine import checkpoints
+from lmk_studio.engine import checkpoints, runs
 from lmk_studio.engine.checkpoints import model_dir
 from lmk_studio.engine.common import (
     Cancelled,
@@ -49,29 +51,29 @@ def _open(project: Any):
 
 
 def _start_points(project, image_ids: Sequence[int], n: int) -> tuple[dict[int, np.ndarray], str]:
-    """Newest Stage I run's points, else classical preview, else current untrusted points."""
-    runs = sorted(project.runs(), key=lambda r: r.id, reverse=True)
-    for kinds in _START_KINDS:
-        for r in runs:
-            if r.kind in kinds and r.status in ("finished", "done", "ok", "completed"):
-                preds = project.predictions(r.id)
-                out = {}
-                for iid in image_ids:
-                    arr = np.full((n, 2), np.nan)
-                    for p in preds.get(iid, []):
-                        if p.x is not None and p.y is not None:
-                            arr[p.index] = (p.x, p.y)
-                    out[iid] = arr
-                if any(np.isfinite(a).any() for a in out.values()):
-                    return out, f"run {r.id} ({r.kind})"
-    out = {}
+    """Per image: the newest Stage I points (training run or a later Stage I prediction), else
+    the newest classical preview, else the image's current points that no human stands behind.
+    Images with none of these get all-NaN points."""
+    out, src = runs.latest_points(project, image_ids, n, runs.STAGE1_KINDS)
+    rest = [i for i in image_ids if i not in out]
+    pre, src2 = runs.latest_points(project, rest, n, runs.CLASSICAL_KINDS)
+    out.update(pre)
+    src.update(src2)
+    current = 0
     for iid in image_ids:
+        if iid in out:
+            continue
         arr = np.full((n, 2), np.nan)
         for p in project.points(iid):
-            if p.placed and p.x is not None and p.y is not None:
+            if p.placed and p.x is not None and p.y is not None and not p.status.is_trusted:
                 arr[p.index] = (p.x, p.y)
+        if np.isfinite(arr).any():
+            current += 1
         out[iid] = arr
-    return out, "current points"
+    words = runs.describe_sources(src, project)
+    if current:
+        words += f"; current points: {current} image(s)"
+    return out, words
 
 
 def _reviewed_pairs(project, all_pts: dict) -> tuple[np.ndarray, np.ndarray] | None:
@@ -100,7 +102,7 @@ def _load_levels(path: Path, cfg) -> tuple[np.ndarray, tuple[float, float],
     """The image at the fine level's scale and (cascade) the coarse one; full res is dropped."""
     from lmk_studio.core.images import load_image
 
-    img = load_image(path).normalized()
+    img = runs.check_engine_image(load_image(path).normalized(), Path(path).name)
     down, f = downscale(img, cfg.scale)
     ccfg = cfg.coarse_config()
     if ccfg is None:
@@ -243,14 +245,15 @@ def _write(proj, run_id: int, records, pts: np.ndarray, conf: np.ndarray, err: n
     return proj.set_points(rows, keep_human=True)  # re-checked inside the write transaction
 
 
-def _latest_model(proj) -> tuple[int, Path]:
+def _latest_model(proj):
+    """The newest finished Stage II run with a saved model, and the model file."""
     for r in sorted(proj.runs(), key=lambda r: r.id, reverse=True):
         if r.kind == RUN_KIND and r.status == "finished":
             m = (r.checkpoints or {}).get("model")
             if m:
                 f = checkpoints.resolve(proj, m, f"Stage II model of run {r.id}")
                 if f.is_file():
-                    return r.id, f
+                    return r, f
     raise LmkError(f"{proj.path}: no trained Stage II model yet: train Stage II first")
 
 
@@ -258,7 +261,13 @@ def predict_stage2_job(project: Any, device: str = "auto",
                        progress: ProgressCallback = no_progress,
                        cancel: CancelToken | None = None,
                        images: Sequence[int] | None = None) -> int:
-    """Predict with the newest Stage II model, one image at a time (bounded memory)."""
+    """Predict with the newest Stage II model, one image at a time (bounded memory).
+
+    `images`: those images; None: every image the model has not predicted yet (its own training
+    images and earlier predictions with it are not redone). Each image that gets fewer points
+    than it needs is reported by name with the reason (metrics "skipped"); "expected_points" is
+    what the run set out to write, so a caller can tell a partial run from a complete one.
+    """
     proj, owned = _open(project)
     try:
         dev = select_device(device)
@@ -267,31 +276,54 @@ def predict_stage2_job(project: Any, device: str = "auto",
         n = model.n_landmarks
         records = proj.images()
         if images is not None:
-            wanted = set(images)
+            wanted = {int(i) for i in images}
             records = [r for r in records if r.id in wanted]
+        else:
+            todo = set(runs.needs_prediction(proj, src_run, "stage2-predict",
+                                             [r.id for r in records]))
+            records = [r for r in records if r.id in todo]
         starts, start_src = _start_points(proj, [r.id for r in records], n)
-        run_id = proj.start_run("stage2-predict", {"model_run": src_run, "device": str(dev),
-                                                   "start_points": start_src})
-        faults, written = [], 0
+        run_id = proj.start_run("stage2-predict", {"model_run": src_run.id, "device": str(dev),
+                                                   "start_points": start_src,
+                                                   "images": len(records)})
+        skipped: list[str] = []
+        written = expected = 0
+        t_img: list[float] = []
         try:
             for k, rec in enumerate(records):
                 if cancel is not None:
                     cancel.raise_if_cancelled()
-                cur = proj.points(rec.id)
-                trusted = np.array([p.status.is_trusted and p.placed for p in cur])
+                t0 = time.perf_counter()
+                cur = {p.index: p for p in proj.points(rec.id)}
+                trusted = np.array([cur[j].status.is_trusted and cur[j].placed
+                                    if j in cur else False for j in range(n)])
+                absent = np.array([j in cur and cur[j].status is Status.ABSENT
+                                   for j in range(n)])
+                need = int((~trusted & ~absent).sum())
+                expected += need
                 init = starts.get(rec.id, np.full((n, 2), np.nan)).copy()
-                if trusted.all() or not np.isfinite(init).any():
+                if need == 0:
+                    continue
+                if not np.isfinite(init).all(-1)[~trusted & ~absent].any():
+                    skipped.append(f"{rec.name}: no start point (run the preview or Stage I on "
+                                   "it first)")
                     continue
                 try:
                     down, f, cdown, cf = _load_levels(rec.path, model.cfg)
-                except LmkError as exc:
-                    faults.append(str(exc))
+                    with torch.no_grad():
+                        raw = model.predict_down(down, f, init, cdown, cf)
+                    conf, err = score(raw, model.calibration,
+                                      tolerance_px(model.cfg, rec.spacing))
+                except (LmkError, ValueError, RuntimeError, cv2.error) as exc:
+                    skipped.append(f"{rec.name}: {exc}")
                     continue
-                with torch.no_grad():
-                    raw = model.predict_down(down, f, init, cdown, cf)
-                conf, err = score(raw, model.calibration, tolerance_px(model.cfg, rec.spacing))
-                written += _write(proj, run_id, [rec], raw.points[None], conf[None], err[None],
-                                  trusted[None])
+                got = _write(proj, run_id, [rec], raw.points[None], conf[None], err[None],
+                             trusted[None])
+                written += got
+                if got < need:
+                    skipped.append(f"{rec.name}: {need - got} of {need} point(s) not written "
+                                   "(no start point for them, or marked by you meanwhile)")
+                t_img.append(time.perf_counter() - t0)
                 progress(ProgressEvent(stage="stage2-predict", epoch=0, epochs=1, step=k + 1,
                                        steps=len(records), message=f"predicted {rec.name}"))
         except Cancelled:
@@ -300,8 +332,12 @@ def predict_stage2_job(project: Any, device: str = "auto",
         except BaseException as exc:
             proj.finish_run(run_id, "failed", metrics={"error": str(exc)})
             raise
-        proj.finish_run(run_id, "finished", metrics={"points_written": written,
-                                                     "faults": faults})
+        proj.finish_run(run_id, "finished",
+                        metrics={"points_written": written, "expected_points": expected,
+                                 "images": len(records), "skipped": skipped,
+                                 "faults": skipped},
+                        timings={"total_s": float(sum(t_img)),
+                                 "per_image_s": float(np.mean(t_img)) if t_img else None})
         return run_id
     finally:
         if owned:
