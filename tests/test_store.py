@@ -786,3 +786,86 @@ def test_crafted_project_value_is_reported_by_name(tmp_path: Path, capsys, case:
             if shown is not None:
                 assert shown in err, err
             assert "Traceback" not in err
+
+
+# ---- runs left "running" by a killed process (issue 13, item 8) ------------------------------
+_RUNNER = """
+import sys, time
+from lmk_studio.core.store import Project
+p = Project.open(sys.argv[1])
+rid = p.start_run("stage1", {"preset": "quick"})
+print(rid, flush=True)
+time.sleep(120)
+"""
+
+
+def _start_runner(path: Path):
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", _RUNNER, str(path)], stdout=subprocess.PIPE,
+                            text=True)
+    line = proc.stdout.readline()
+    assert line.strip().isdigit(), line
+    return proc, int(line)
+
+
+def test_run_of_a_killed_process_is_marked_interrupted_on_the_next_open(tmp_path: Path) -> None:
+    path = tmp_path / "p.lmk"
+    Project.create(path, _template(), _folder(tmp_path, 1)).close()
+    proc, rid = _start_runner(path)
+    try:
+        with Project.open(path) as p:  # the owner is alive: its run is left alone
+            assert p.run(rid).status == "running"
+    finally:
+        proc.kill()
+        proc.wait()
+    with Project.open(path) as p:
+        r = p.run(rid)
+        assert r.status == "failed" and r.finished
+        assert r.metrics["interrupted"] is True
+        assert f"process {proc.pid}" in r.metrics["error"]
+        with p._read() as con:  # and the owner record is gone with it
+            assert con.execute("SELECT count(*) FROM meta WHERE key LIKE 'lmk:run_owner:%'"
+                               ).fetchone()[0] == 0
+
+
+def test_runs_without_a_known_dead_owner_are_left_running(tmp_path: Path) -> None:
+    path = tmp_path / "p.lmk"
+    with Project.create(path, _template(), _folder(tmp_path, 1)) as p:
+        mine = p.start_run("stage1", {})
+        old = p.start_run("stage2", {})
+        elsewhere = p.start_run("classical", {})
+    with sqlite3.connect(path) as c:  # no owner (an older version) / another machine's owner
+        c.execute("DELETE FROM meta WHERE key = ?", (f"lmk:run_owner:{old}",))
+        c.execute("UPDATE meta SET value = json_set(value, '$.host', 'elsewhere', '$.pid', 1) "
+                  "WHERE key = ?", (f"lmk:run_owner:{elsewhere}",))
+    c.close()
+    with Project.open(path) as p:
+        assert [p.run(r).status for r in (mine, old, elsewhere)] == ["running"] * 3
+        p.finish_run(mine, "finished")
+        assert p.close_orphan_runs() == []
+
+
+def test_info_shows_an_interrupted_cli_run(tmp_path: Path, capsys) -> None:
+    from lmk_studio.cli import main
+
+    path = tmp_path / "p.lmk"
+    Project.create(path, _template(), _folder(tmp_path, 1)).close()
+    proc, rid = _start_runner(path)
+    proc.kill()
+    proc.wait()
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"#{rid} stage1 failed" in out and "interrupted" in out
+
+
+def test_a_dead_job_child_is_left_to_its_live_parent() -> None:
+    """engine.process closes the runs of a child that dies, with how it died; the store only
+    steps in when that parent is gone too."""
+    import socket
+
+    gone = {"pid": 999_999, "host": socket.gethostname(), "created": 1.0}  # beyond pid_max
+    assert store._owner_gone(dict(gone, parent={"pid": os.getpid(), "created": None})) is None
+    assert "999999" in store._owner_gone(dict(gone, parent={"pid": 999_998, "created": 1.0}))
+    assert "999999" in store._owner_gone(gone)
+    assert store._owner_gone(store._this_process()) is None  # this process is alive

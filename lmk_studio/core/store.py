@@ -274,6 +274,80 @@ def _spacing_pair(where: str, v: Any) -> tuple[float, float] | None:
     return r, c
 
 
+# ---- run owners -----------------------------------------------------------------------------
+_RUN_OWNER = _META_PREFIX + "run_owner:"  # + run id -> {"pid", "host", "created"}
+
+
+def _create_time(pid: int | None = None) -> float | None:
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except Exception:  # noqa: BLE001 - without it the pid alone identifies the process
+        return None
+
+
+def _this_process() -> dict[str, Any]:
+    """Who owns a run: this process, and, for an engine job child (multiprocessing), the
+    parent that runs it: that parent closes the runs of a child that dies, with the better
+    message (how it died, the log's last lines), so ``_owner_gone`` leaves them to it."""
+    import multiprocessing
+    import socket
+
+    owner: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(),
+                             "created": _create_time()}
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid is not None:
+        owner["parent"] = {"pid": parent.pid, "created": _create_time(parent.pid)}
+    return owner
+
+
+def _json_or_none(v: Any) -> Any:
+    try:
+        return json.loads(v)
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def _alive(pid: Any, created: Any) -> bool | None:
+    """True / False when known, None when it cannot be told (no psutil, access denied)."""
+    if type(pid) is not int:
+        return False
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:  # dead, not yet reaped by its parent
+            return False
+        now = proc.create_time()
+    except psutil.NoSuchProcess:
+        return False
+    except Exception:  # noqa: BLE001 - e.g. access denied: it exists
+        return None
+    if isinstance(created, int | float) and abs(now - created) > 1.0:
+        return False  # the pid now belongs to another program
+    return True
+
+
+def _owner_gone(owner: Any) -> str | None:
+    """Why the process that owns a run is certainly not running, or None when it may be (or
+    when its job runner, still alive, will close the run itself)."""
+    import socket
+
+    if not isinstance(owner, dict) or type(owner.get("pid")) is not int:
+        return None
+    if owner.get("host") != socket.gethostname():
+        return None  # another machine's process: nothing here can tell
+    if _alive(owner["pid"], owner.get("created")) is not False:
+        return None
+    parent = owner.get("parent")
+    if isinstance(parent, dict) and _alive(parent.get("pid"), parent.get("created")) is not False:
+        return None
+    return f"process {owner['pid']} that ran it ended without finishing it (killed or crashed)"
+
+
 def _db_path(p: str | Path) -> str | bytes:
     """A file path as stored: text when it is valid UTF-8, else the file system's own bytes.
 
@@ -552,6 +626,10 @@ class Project:
         except BaseException:
             proj.close()
             raise
+        try:
+            proj.close_orphan_runs()
+        except ProjectError:
+            pass  # tidying only (e.g. another writer holds the lock): the next open retries
         return proj
 
     @classmethod
@@ -1245,13 +1323,17 @@ class Project:
     _RUN_COLS = "id, kind, status, config, metrics, checkpoints, timings, started, finished"
 
     def start_run(self, kind: str, config: dict | None = None) -> int:
+        """A new run in status "running", owned by this process (see ``close_orphan_runs``)."""
         if not isinstance(kind, str) or not kind.strip():
             raise ProjectError(f"{self.path}: a run needs a kind, got {kind!r}")
         with self._tx(f"the start of a {kind} run") as con:
             cur = con.execute("INSERT INTO runs (kind, status, config, started) "
                               "VALUES (?, 'running', ?, ?)",
                               (kind, _dumps(config or {}), _now()))
-            return int(cur.lastrowid)
+            rid = int(cur.lastrowid)
+            con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                        (f"{_RUN_OWNER}{rid}", _dumps(_this_process())))
+            return rid
 
     def finish_run(self, run_id: int, status: str, metrics: dict | None = None,
                    checkpoints: dict | None = None, timings: dict | None = None) -> None:
@@ -1269,6 +1351,44 @@ class Project:
             con.execute("UPDATE runs SET status = ?, metrics = ?, checkpoints = ?, timings = ?, "
                         "finished = ? WHERE id = ?",
                         (status, *vals, None if status == "running" else _now(), int(run_id)))
+            if status != "running":
+                con.execute("DELETE FROM meta WHERE key = ?", (f"{_RUN_OWNER}{int(run_id)}",))
+
+    def close_orphan_runs(self) -> list[int]:
+        """Mark runs left "running" by a process that is gone as failed (interrupted); ids.
+
+        The app's job runner already does this for the jobs it starts (engine.process); a CLI
+        run killed with SIGKILL, a power cut or a crashed app leaves nobody to do it, so every
+        open does. A run is only touched when its owner (pid, process start time, host, stored
+        by ``start_run``) is known and certainly not running: same host, and no process with
+        that pid and start time. A run of another live process, one started on another
+        machine of a shared folder, or one written by an older version without an owner is left
+        alone. Runs stay "failed" rather than a new status so that ``--resume`` and the
+        training panel, which continue failed runs, keep working.
+        """
+        if self.read_only:
+            return []
+        closed: list[int] = []
+        with self._tx("the status of interrupted runs") as con:
+            rows = con.execute("SELECT id, metrics FROM runs WHERE status = 'running'").fetchall()
+            for rid, met in rows:
+                raw = con.execute("SELECT value FROM meta WHERE key = ?",
+                                  (f"{_RUN_OWNER}{rid}",)).fetchone()
+                owner = _json_or_none(raw[0]) if raw else None
+                why = _owner_gone(owner)
+                if why is None:
+                    continue
+                try:
+                    metrics = json.loads(met)
+                except (TypeError, ValueError, RecursionError):
+                    metrics = None
+                metrics = metrics if isinstance(metrics, dict) else {}
+                metrics.update({"error": f"interrupted: {why}", "interrupted": True})
+                con.execute("UPDATE runs SET status = 'failed', metrics = ?, finished = ? "
+                            "WHERE id = ? AND status = 'running'", (_dumps(metrics), _now(), rid))
+                con.execute("DELETE FROM meta WHERE key = ?", (f"{_RUN_OWNER}{rid}",))
+                closed.append(int(rid))
+        return closed
 
     def runs(self) -> list[RunRecord]:
         with self._read() as con:
