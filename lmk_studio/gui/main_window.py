@@ -39,6 +39,7 @@ from lmk_studio.gui.export_dialog import ExportDialog, run_export
 from lmk_studio.gui.help_dialog import HelpDialog
 from lmk_studio.gui.image_list import ImageList
 from lmk_studio.gui.loader import ImageLoader
+from lmk_studio.gui.new_images import FolderWatcher, NewImagesBanner, job_for_new_images
 from lmk_studio.gui.review import ReviewPanel
 from lmk_studio.gui.start_screen import NewProjectDialog, StartScreen
 from lmk_studio.gui.state import Document
@@ -99,11 +100,15 @@ class MainWindow(QMainWindow):
         self.start = StartScreen()
         self.suggester = ExemplarSuggester(self)
         self.exemplar_hint = ExemplarHint()
+        self.new_images_banner = NewImagesBanner()
+        self.folder_watch = FolderWatcher(self)
+        self._pending_predict: set[int] = set()  # new images waiting for the running job
         self.workspace = QWidget()  # the canvas with the exemplar suggestion's banner above it
         wl = QVBoxLayout(self.workspace)
         wl.setContentsMargins(0, 0, 0, 0)
         wl.setSpacing(0)
         wl.addWidget(self.exemplar_hint)
+        wl.addWidget(self.new_images_banner)
         wl.addWidget(self.canvas, 1)
         self.stack = QStackedWidget()
         self.stack.addWidget(self.start)
@@ -181,6 +186,11 @@ class MainWindow(QMainWindow):
         self.a_add_images = self._act("File", "&Add images…", self.add_images_dialog)
         self.a_export = self._act("File", "&Export landmarks…", self.export_dialog, "Ctrl+E")
         f.addAction(self.a_add_images)
+        self.a_predict_new = self._act("File", "&Predict new images…",
+                                       self.predict_new_images_dialog)
+        self.a_predict_new.setToolTip("Add a folder of new patients' images and predict them "
+                                      "with the newest trained model")
+        f.addAction(self.a_predict_new)
         f.addAction(self.a_export)
         f.addSeparator()
         self.a_close = self._act("File", "&Close project", self.close_project)
@@ -294,6 +304,9 @@ class MainWindow(QMainWindow):
         self.suggester.ready.connect(self._suggestion_ready)
         self.suggester.failed.connect(self._suggestion_failed)
         self.exemplar_hint.use_requested.connect(self.use_suggested_exemplar)
+        self.folder_watch.new_files.connect(self._new_files_appeared)
+        self.new_images_banner.add_requested.connect(self.add_images)
+        self.new_images_banner.dismissed.connect(self.folder_watch.ignore)
         tp = self.training
         if hasattr(tp, "finished"):
             tp.started.connect(self._training_started)
@@ -440,6 +453,7 @@ class MainWindow(QMainWindow):
         if not ids:
             self.statusBar().showMessage("This project has no images yet: File ▸ Add images.")
         self._suggest_exemplar()
+        self._watch_folders()
 
     def _remember_image(self) -> None:
         if self.doc.project is not None and self.doc.image_id is not None:
@@ -451,6 +465,9 @@ class MainWindow(QMainWindow):
     def close_project(self) -> None:
         self.suggester.cancel()
         self.exemplar_hint.dismiss()
+        self.folder_watch.clear()
+        self.new_images_banner.hide()
+        self._pending_predict.clear()
         self._remember_image()
         self.undo_stack.clear()
         self.loader.clear()
@@ -532,6 +549,9 @@ class MainWindow(QMainWindow):
             self.add_images([Path(f) for f in files])
 
     def add_images(self, paths: list[Path]) -> None:
+        """Add image files; new ones are predicted with the newest trained model at once."""
+        if self.doc.project is None:
+            return
         try:
             added = self.doc.project.add_images(paths)
         except (LmkError, OSError) as exc:
@@ -539,11 +559,82 @@ class MainWindow(QMainWindow):
             return
         faults = list(getattr(self.doc.project, "last_faults", []) or [])
         self.doc.reload_images()
+        self.folder_watch.set_known(r.path for r in self.doc.records())
+        self.folder_watch.ignore(p for p, _ in faults)  # refused once: not offered again
         msg = f"Added {len(added)} image(s)."
         if faults:
             show_error(self, "Some images were skipped", msg + "\n" + "\n".join(
                 f"• {p}: {why}" for p, why in faults[:20]))
         self.statusBar().showMessage(msg, 8000)
+        if added:
+            self.predict_images([r.id for r in added])
+
+    def predict_new_images_dialog(self) -> None:
+        if self.doc.project is None:
+            self.statusBar().showMessage("Open a project first.", 8000)
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Folder of new images", "")
+        if not folder:
+            return
+        from lmk_studio.core.images import list_images
+
+        try:
+            paths = list_images(folder)
+        except LmkError as exc:
+            self._error("Could not read the folder", exc)
+            return
+        if not paths:
+            self._error("No images found", f"{folder}: no supported images in this folder")
+            return
+        known = {Path(r.path).resolve() for r in self.doc.records()}
+        new = [p for p in paths if p.resolve() not in known]
+        if not new:
+            self.statusBar().showMessage(f"Every image of {folder} is already in the project.",
+                                         8000)
+            return
+        self.add_images(new)
+
+    def _method_words(self) -> tuple[str | None, str]:
+        from lmk_studio.engine.jobs import JOBS
+
+        kinds = {r.kind for r in self.doc.project.runs() if r.status == "finished"}
+        job = job_for_new_images(kinds)
+        return job, (JOBS[job].split(":")[0].lower() if job else "after the exemplar is done")
+
+    def predict_images(self, ids: list[int]) -> None:
+        """Predict these images with the newest trained method (Stage II > Stage I > preview),
+        on those images only; queued behind a running job."""
+        tp = self.training
+        if not ids or self.doc.project is None or not hasattr(tp, "start"):
+            return
+        job, words = self._method_words()
+        if job is None or (job == "classical" and not self.doc.exemplar_complete()):
+            self.statusBar().showMessage("The new images will be predicted once the exemplar "
+                                         "is complete.", 10000)
+            return
+        if tp.is_running():
+            self._pending_predict |= set(ids)
+            self.statusBar().showMessage(f"{len(ids)} new image(s) will be predicted when the "
+                                         "running job finishes.", 10000)
+            return
+        if tp.start(job, images=sorted(ids)):
+            self.statusBar().showMessage(f"Predicting {len(ids)} new image(s): {words}.", 10000)
+
+    def _start_pending_predict(self) -> None:
+        if self._pending_predict and self.doc.project is not None:
+            known = {r.id for r in self.doc.records()}
+            ids, self._pending_predict = sorted(self._pending_predict & known), set()
+            self.predict_images(ids)
+
+    def _watch_folders(self) -> None:
+        recs = self.doc.records()
+        self.folder_watch.watch({Path(r.path).parent for r in recs}, [r.path for r in recs])
+
+    def _new_files_appeared(self, paths: list) -> None:
+        if self.doc.project is None:
+            return
+        _job, words = self._method_words()
+        self.new_images_banner.offer([Path(p) for p in paths], words)
 
     # ------------------------------------------------------------------ image display
     def _image_changed(self, image_id: int) -> None:
@@ -915,10 +1006,12 @@ class MainWindow(QMainWindow):
             "landmarks to review (Space: next).", 15000)
         if n_pending:
             self.dock_review.raise_()
+        self._start_pending_predict()
 
     def _training_cancelled(self, run_ids: list) -> None:
         self.doc.invalidate(None)
         self.statusBar().showMessage("Job cancelled; Resume continues it.", 10000)
+        self._pending_predict.clear()   # the user stopped work: do not start more behind it
 
     def _training_failed(self, message: str) -> None:
         self.doc.invalidate(None)
