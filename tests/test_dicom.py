@@ -366,3 +366,15 @@ def test_deflate_bomb_is_refused_by_its_inflated_size(tmp_path: Path, monkeypatc
             f(p)
     monkeypatch.undo()
     assert load_image(p).shape == (24, 32)  # a sound file within the default cap still loads
+
+
+def test_damaged_value_representation_is_refused_not_a_traceback(tmp_path: Path) -> None:
+    """Found by tests/test_fuzz_inputs.py (seed 1): an unknown VR raised NotImplementedError
+    when the value was first used, outside the header parse."""
+    p = make_dicom(tmp_path / "vr.dcm", _ramp())
+    data = p.read_bytes()
+    i = data.index(b"\x28\x00\x10\x00US")  # Rows, explicit VR little endian
+    p.write_bytes(data[:i + 4] + b"QS" + data[i + 6:])
+    for f in (read_metadata, load_image):
+        with pytest.raises(ImageLoadError, match=r"vr\.dcm: corrupt DICOM header"):
+            f(p)

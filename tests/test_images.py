@@ -394,3 +394,20 @@ def test_folder_scan_never_decodes_pixels(tmp_path: Path, monkeypatch) -> None:
     with Project.create(tmp_path / "p.lmk", Template("t", [LandmarkDef("a")]),
                         tmp_path / "imgs") as p:
         assert len(p.images()) == 3 and p.last_faults == []
+
+
+def test_tiff_tag_with_no_values_is_refused_not_a_traceback(tmp_path: Path) -> None:
+    """Found by tests/test_fuzz_inputs.py (seed 13): an empty ImageWidth tag raised IndexError."""
+    import struct
+
+    data = bytearray(_write(tmp_path / "a.tif", _ramp()).read_bytes())
+    assert data[:2] == b"II"
+    ifd = struct.unpack("<I", data[4:8])[0]
+    n = struct.unpack("<H", data[ifd:ifd + 2])[0]
+    for k in range(n):
+        e = ifd + 2 + 12 * k
+        if struct.unpack("<H", data[e:e + 2])[0] == 256:
+            data[e + 4:e + 8] = struct.pack("<I", 0)
+    (tmp_path / "a.tif").write_bytes(bytes(data))
+    with pytest.raises(ImageLoadError, match=r"a\.tif: corrupt TIFF"):
+        read_metadata(tmp_path / "a.tif")

@@ -270,7 +270,8 @@ def point_spread(xy: np.ndarray) -> float:
         return 0.0
     if len(xy) <= 256:
         d = xy[:, None, :] - xy[None, :, :]
-        return float(np.sqrt((d ** 2).sum(-1)).max())
+        with np.errstate(over="ignore"):  # 1e308 apart: inf, which is "far apart" all right
+            return float(np.sqrt((d ** 2).sum(-1)).max())
     hull = _convex_hull([(float(a), float(b)) for a, b in xy])
     n = len(hull)
     if n <= 256:
@@ -539,13 +540,13 @@ def _csv_rows(text: str, disp: str) -> tuple[list[list[str]], str]:
     """Rows with the delimiter that gives an 'image' column: ',' or, as spreadsheets in many
     locales save it, ';' (then with decimal commas) or tab."""
     first = text.split("\n", 1)[0]
-    for delim in (",", ";", "\t"):
-        head = next(csv.reader([first], delimiter=delim), [])
-        if any(unescape_cell(h).strip().casefold() == "image" for h in head):
-            break
-    else:
-        delim = ","
     try:
+        for delim in (",", ";", "\t"):
+            head = next(csv.reader([first], delimiter=delim), [])
+            if any(unescape_cell(h).strip().casefold() == "image" for h in head):
+                break
+        else:
+            delim = ","
         return list(csv.reader(io.StringIO(text, newline=""), delimiter=delim)), delim
     except csv.Error as e:
         raise ImportFault(f"{disp}: not a readable CSV ({e})") from None
@@ -786,9 +787,15 @@ class ImageIndex:
         # spaces a spreadsheet or a hand edit may have added around it
         tried = [k for key in keys if key for k in dict.fromkeys((key, key.strip())) if k]
         for key in tried:
-            k = key.replace("\\", "/").rsplit("/", 1)[-1].casefold()
-            hits = self.by_name.get(k) or self.by_stem.get(k) or self.by_stem.get(
-                Path(k).stem.casefold())
+            # the whole key first: a shown name may hold a backslash ("caf\xe9.png" for a
+            # byte that is not UTF-8); then its last path component (labelme's imagePath)
+            base = key.replace("\\", "/").rsplit("/", 1)[-1]
+            hits = None
+            for k in dict.fromkeys((key.casefold(), base.casefold())):
+                hits = self.by_name.get(k) or self.by_stem.get(k) or self.by_stem.get(
+                    Path(k).stem.casefold())
+                if hits:
+                    break
             if hits and len(hits) == 1:
                 return hits[0], None
             if hits:

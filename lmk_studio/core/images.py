@@ -440,6 +440,8 @@ def _tiff_meta(path: Path, f: BinaryIO, size: int) -> tuple[int, int, int, str]:
             count = struct.unpack(bo + cnt_fmt, e[4:4 + inline])[0]
             if count > 1_000_000:  # more strips than any image within the pixel limit has
                 raise ImageLoadError(path, f"corrupt TIFF: tag {tag} holds {count} values")
+            if count == 0:  # an empty tag says nothing (and has no first value)
+                continue
             nbytes = _TIFF_SIZE[typ] * count
             if nbytes <= inline:
                 data = e[4 + inline:4 + inline + nbytes]
@@ -699,7 +701,22 @@ def _dicom_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
 
 
 def _dicom_meta(path: Path, f: BinaryIO, size: int) -> ImageMeta:
+    """Header of a DICOM. pydicom converts element values when they are first used, so a
+    damaged value (an unknown VR, text where a number belongs) surfaces here, as any of many
+    exception types: each becomes an ImageLoadError naming the file."""
     ds, has_pixels = _dicom_header(path, f, size)
+    try:
+        return _dicom_meta_of(path, ds, has_pixels)
+    except ImageLoadError:
+        raise
+    except RecursionError:
+        raise ImageLoadError(path, "corrupt DICOM header: sequences nested too deeply") from None
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        raise ImageLoadError(path, f"corrupt DICOM header ({type(e).__name__}: "
+                             f"{str(e)[:200]})") from None
+
+
+def _dicom_meta_of(path: Path, ds: Any, has_pixels: bool) -> ImageMeta:
     if not has_pixels:
         what = str(ds.get("Modality", "") or "")
         sop = ds.get("SOPClassUID")
@@ -735,8 +752,6 @@ def _dicom_meta(path: Path, f: BinaryIO, size: int) -> ImageMeta:
 
 
 def _load_dicom(path: Path, meta: ImageMeta, f: BinaryIO, size: int) -> XrayImage:
-    from pydicom.pixels import apply_modality_lut
-
     ds = None
     # a deflated dataset may inflate to its header plus its pixels, never more
     cap = _HEADER_SLACK + meta.width * meta.height * _BYTES_PER_PIXEL_MAX
@@ -756,12 +771,31 @@ def _load_dicom(path: Path, meta: ImageMeta, f: BinaryIO, size: int) -> XrayImag
         raise ImageLoadError(path, _too_complex()) from None
     except MemoryError:
         raise ImageLoadError(path, "not enough memory to decode this DICOM image") from None
-    except Exception as e:
-        tsx = ds.file_meta.get("TransferSyntaxUID") if ds is not None and ds.file_meta else None
-        name = getattr(tsx, "name", None) or str(tsx or "unknown transfer syntax")
+    except Exception as e:  # noqa: BLE001 - pydicom and its codecs raise many types
+        try:
+            tsx = ds.file_meta.get("TransferSyntaxUID") if ds is not None and ds.file_meta \
+                else None
+            name = getattr(tsx, "name", None) or str(tsx or "unknown transfer syntax")
+        except Exception:  # noqa: BLE001 - the transfer syntax itself is damaged
+            name = "damaged transfer syntax"
         raise ImageLoadError(
-            path, f"cannot decode the DICOM pixel data ({name}): {type(e).__name__}: {e}"
-        ) from None
+            path, f"cannot decode the DICOM pixel data ({name}): {type(e).__name__}: "
+            f"{str(e)[:200]}") from None
+    try:
+        return _dicom_pixels(path, meta, ds, arr)
+    except ImageLoadError:
+        raise
+    except MemoryError:
+        raise ImageLoadError(path, "not enough memory to decode this DICOM image") from None
+    except Exception as e:  # noqa: BLE001 - a damaged value met by the LUT / inversion
+        raise ImageLoadError(path, f"cannot convert the DICOM pixel data ({type(e).__name__}: "
+                             f"{str(e)[:200]})") from None
+
+
+def _dicom_pixels(path: Path, meta: ImageMeta, ds: Any, arr: np.ndarray) -> XrayImage:
+    """Grey float32 pixels from pydicom's array: colour to grey, modality LUT, MONOCHROME1."""
+    from pydicom.pixels import apply_modality_lut
+
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour; pydicom converts YBR to RGB
         import cv2
 
