@@ -146,3 +146,50 @@ def test_stage1_final_choice_moves_only_the_device_landmark(rod_set) -> None:
     d = load_preset("cpu").to_dict()
     d["candidates"] = {"margin": 0.05}
     assert Stage1Config.from_dict(d).candidates == {"margin": 0.05}
+
+
+def test_a_few_new_images_keep_the_folder_choice(tmp_path) -> None:
+    """One new patient is too few to decide which landmarks follow the device: the run reuses
+    the choice an earlier run made over a whole folder (here: landmark 0 on the copied point)."""
+    store = pytest.importorskip("lmk_studio.core.store")
+    from lmk_studio.core.phantoms import write_demo_project
+    from lmk_studio.engine.classical import MIN_IMAGES_FOR_CHOICE, run_classical_job
+
+    lmk = write_demo_project(tmp_path / "d", n=4, size=(96, 80), seed=0)
+    first = run_classical_job(lmk)
+    with store.Project.open(lmk) as p:
+        m = dict(p.run(first).metrics["candidates"])
+        folder_choice = [UNREGISTERED] + [PREVIEW] * (len(m["landmarks"]) - 1)
+        m["chosen_per_landmark"] = folder_choice
+        fake = p.start_run("classical", {"images": 40})
+        p.finish_run(fake, "finished", metrics={"images": MIN_IMAGES_FOR_CHOICE + 30,
+                                                "candidates": m})
+        target = [r.id for r in p.images() if r.id != p.exemplar_id][0]
+        ex0 = next(q for q in p.points(p.exemplar_id) if q.index == 0)
+    new = run_classical_job(lmk, images=[target])
+    with store.Project.open(lmk) as p:
+        assert p.run(new).metrics["candidates"]["chosen_per_landmark"] == folder_choice
+        q0 = next(q for q in p.points(target) if q.index == 0)
+        assert abs(q0.x - ex0.x) < 1e-6 and abs(q0.y - ex0.y) < 1e-6  # the copied point
+
+
+def test_one_tiny_image_is_skipped_by_name_and_the_rest_predicted(tmp_path) -> None:
+    """Each image's failure is its own: an 8 x 8 image in the folder used to stop the preview
+    for every later image."""
+    import cv2
+
+    store = pytest.importorskip("lmk_studio.core.store")
+    from lmk_studio.core.phantoms import write_demo_project
+    from lmk_studio.engine.classical import run_classical_job
+
+    lmk = write_demo_project(tmp_path / "d", n=4, size=(96, 80), seed=0)
+    tiny = tmp_path / "d" / "images" / "aaa_tiny.png"
+    cv2.imwrite(str(tiny), np.full((8, 8), 100, np.uint8))
+    with store.Project.open(lmk) as p:
+        p.add_images([tiny])
+    rid = run_classical_job(lmk)
+    with store.Project.open(lmk) as p:
+        run = p.run(rid)
+        assert run.status == "finished"
+        assert any("aaa_tiny.png" in f for f in run.metrics["faults"]), run.metrics["faults"]
+        assert run.metrics["points_written"] == 3 * 12

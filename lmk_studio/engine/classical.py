@@ -283,6 +283,34 @@ def _load(path: Path) -> np.ndarray:
     return load_image(path).normalized()
 
 
+#: fewer images than this in a run: reuse the per-landmark candidate choice of an earlier run
+MIN_IMAGES_FOR_CHOICE = 8
+
+
+def _earlier_choice(proj: Any, names: Sequence[str], primary: str):
+    """The per-landmark choice of the newest finished preview run that decided over at least
+    MIN_IMAGES_FOR_CHOICE images with the same candidate names, else None."""
+    from lmk_studio.engine import candidates as cmod
+
+    for r in sorted(proj.runs(), key=lambda r: r.id, reverse=True):
+        m = r.metrics or {}
+        c = m.get("candidates") or {}
+        if (r.kind != RUN_KIND or r.status != "finished"
+                or int(m.get("images") or 0) < MIN_IMAGES_FOR_CHOICE
+                or list(c.get("names") or []) != list(names)
+                or list(c.get("landmarks") or []) != list(proj.template.names)):
+            continue
+        chosen = c.get("chosen_per_landmark") or []
+        try:
+            idx = np.array([list(names).index(x) for x in chosen], dtype=int)
+        except ValueError:
+            continue
+        gains = np.array([[np.nan if g is None else g for g in row]
+                          for row in c.get("gain_over_primary") or []], dtype=float)
+        return cmod.Choice(list(names), idx, gains, primary)
+    return None
+
+
 def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
                       images: Sequence[int] | None = None,
                       params: ClassicalParams = DEFAULT,
@@ -345,19 +373,21 @@ def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
                 if cancel is not None:
                     cancel.raise_if_cancelled()
                 t0 = time.perf_counter()
+                # each image's failure is its own: named, skipped, the rest predicted
                 try:
                     img = _load(rec.path)
-                except LmkError as exc:
-                    faults.append(str(exc))
+                    if cparams is None:
+                        pts, conf = classical_propagate(ex_img, ex_pts, img, params=params)
+                        done.append((rec, pts, conf, None))
+                    else:
+                        cs, sc, conf = cmod.image_candidates(ex_img, ex_pts, img, cparams,
+                                                             classical=params)
+                        done.append((rec, cs.points[cs.index(cmod.PREVIEW)], conf, cs))
+                        scores.append(sc)
+                except (LmkError, ValueError, cv2.error) as exc:
+                    msg = str(exc)
+                    faults.append(msg if rec.name in msg else f"{rec.name}: {msg}")
                     continue
-                if cparams is None:
-                    pts, conf = classical_propagate(ex_img, ex_pts, img, params=params)
-                    done.append((rec, pts, conf, None))
-                else:
-                    cs, sc, conf = cmod.image_candidates(ex_img, ex_pts, img, cparams,
-                                                         classical=params)
-                    done.append((rec, cs.points[cs.index(cmod.PREVIEW)], conf, cs))
-                    scores.append(sc)
                 per_image.append(time.perf_counter() - t0)
                 progress(ProgressEvent(stage="classical", epoch=0, epochs=1, step=k + 1,
                                        steps=len(todo), eta_s=clock.eta(k + 1),
@@ -365,8 +395,14 @@ def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
             choice = None
             chosen_metrics: dict[str, Any] | None = None
             if cparams is not None and done:
-                choice = cmod.choose_per_landmark(np.stack(scores), done[0][3].names,
-                                                  cparams.primary, cparams.margin)
+                names = done[0][3].names
+                # a handful of new images is too few to decide which landmarks follow the
+                # device rather than the anatomy: keep the decision of the newest larger run
+                choice = (_earlier_choice(proj, names, cparams.primary)
+                          if len(done) < MIN_IMAGES_FOR_CHOICE else None)
+                if choice is None:
+                    choice = cmod.choose_per_landmark(np.stack(scores), names,
+                                                      cparams.primary, cparams.margin)
                 chosen_metrics = {
                     "names": choice.names,
                     "chosen_per_landmark": choice.chosen_names(),
