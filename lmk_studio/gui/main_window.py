@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lmk_studio.core import history
 from lmk_studio.core.errors import LmkError
 from lmk_studio.core.points import Status
 from lmk_studio.gui import settings
@@ -41,6 +42,7 @@ from lmk_studio.gui.image_list import ImageList
 from lmk_studio.gui.loader import ImageLoader
 from lmk_studio.gui.new_images import FolderWatcher, NewImagesBanner, job_for_new_images
 from lmk_studio.gui.review import ReviewPanel
+from lmk_studio.gui.runs_panel import RunsPanel, StaleBanner
 from lmk_studio.gui.start_screen import NewProjectDialog, StartScreen
 from lmk_studio.gui.state import Document
 from lmk_studio.gui.template_editor import TemplateEditor
@@ -57,6 +59,8 @@ from lmk_studio.gui.undo import (
 
 log = logging.getLogger("lmk_studio.gui.window")
 
+MAX_RUN_ROWS = 20  # the runs table shows the newest finished runs
+STALE_DEBOUNCE_MS = 700  # the preview re-runs this long after the last exemplar edit
 STAGE_OVERLAYS = {  # overlay key -> (run kinds, colour, symbol, words)
     "stage1": (("stage1", "stage1-predict"), "#00e5ff", "t", "Stage I"),
     "stage2": (("stage2", "stage2-predict"), "#ff66cc", "x", "Stage II"),
@@ -103,12 +107,29 @@ class MainWindow(QMainWindow):
         self.new_images_banner = NewImagesBanner()
         self.folder_watch = FolderWatcher(self)
         self._pending_predict: set[int] = set()  # new images waiting for the running job
+        self.stale_banner = StaleBanner()
+        self.runs_panel = RunsPanel()
+        # what the running job was started from (core.history): stored per run when it ends
+        self._job_inputs: dict | None = None
+        self._active_before: int | None = None   # the active run when a job (chain) started
+        self._before_stale = False               # ... and whether it was out of date then
+        self._job_subset = False                 # the job ran on some images only
+        self._chain: list[tuple[str, str | None]] = []  # jobs of a re-run still to start
+        self._in_chain = False                   # the running job continues a re-run
+        self._auto_rerun_of: int | None = None   # active run the preview was re-run for
+        self._worse_pair: tuple[int, int] = (0, 0)  # (new, old) run of the open question
+        self.worse_question: QMessageBox | None = None
+        self._stale_timer = QTimer(self)         # edits come in bursts (a drag, undo clicks)
+        self._stale_timer.setSingleShot(True)
+        self._stale_timer.setInterval(STALE_DEBOUNCE_MS)
+        self._stale_timer.timeout.connect(self.check_stale)
         self.workspace = QWidget()  # the canvas with the exemplar suggestion's banner above it
         wl = QVBoxLayout(self.workspace)
         wl.setContentsMargins(0, 0, 0, 0)
         wl.setSpacing(0)
         wl.addWidget(self.exemplar_hint)
         wl.addWidget(self.new_images_banner)
+        wl.addWidget(self.stale_banner)
         wl.addWidget(self.canvas, 1)
         self.stack = QStackedWidget()
         self.stack.addWidget(self.start)
@@ -119,6 +140,8 @@ class MainWindow(QMainWindow):
         self.template_panel = TemplatePanel(self.doc)
         self.review = ReviewPanel(self.doc)
         self.training = self._make_training_panel()
+        if hasattr(self.training, "add_section"):
+            self.training.add_section(self.runs_panel)
         self.dock_images = self._dock("Images", self.image_list, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.dock_landmarks = self._dock("Landmarks", self.template_panel,
                                          Qt.DockWidgetArea.RightDockWidgetArea)
@@ -307,7 +330,11 @@ class MainWindow(QMainWindow):
         self.folder_watch.new_files.connect(self._new_files_appeared)
         self.new_images_banner.add_requested.connect(self.add_images)
         self.new_images_banner.dismissed.connect(self.folder_watch.ignore)
+        self.stale_banner.rerun_requested.connect(self.rerun_stale)
+        self.runs_panel.restore_requested.connect(self.use_run)
         tp = self.training
+        if hasattr(tp, "about_to_start"):
+            tp.about_to_start.connect(self._job_starting)
         if hasattr(tp, "finished"):
             tp.started.connect(self._training_started)
             tp.finished.connect(self._training_finished)
@@ -454,6 +481,9 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("This project has no images yet: File ▸ Add images.")
         self._suggest_exemplar()
         self._watch_folders()
+        self._chain.clear()
+        self._auto_rerun_of = None
+        self.check_stale()
 
     def _remember_image(self) -> None:
         if self.doc.project is not None and self.doc.image_id is not None:
@@ -467,6 +497,9 @@ class MainWindow(QMainWindow):
         self.exemplar_hint.dismiss()
         self.folder_watch.clear()
         self.new_images_banner.hide()
+        self.stale_banner.clear()
+        self.runs_panel.set_summaries([])
+        self._chain.clear()
         self._pending_predict.clear()
         self._remember_image()
         self.undo_stack.clear()
@@ -906,9 +939,11 @@ class MainWindow(QMainWindow):
             self.suggester.cancel()  # the choice is made: the suggestion has done its part
             self.exemplar_hint.dismiss()
         complete = self.doc.exemplar_complete()
-        if complete and not self._exemplar_was_complete and self.auto_preview:
-            self.run_preview(auto=True)
+        first = history.active_run(self.doc.all_points(), self.doc.exemplar_id) is None
+        if complete and not self._exemplar_was_complete and self.auto_preview and first:
+            self.run_preview(auto=True)  # the first predictions: at once
         self._exemplar_was_complete = complete
+        self._stale_timer.start()  # later edits: are the predictions still in step? (debounced)
 
     def edit_template(self) -> None:
         proj = self.doc.project
@@ -996,9 +1031,265 @@ class MainWindow(QMainWindow):
     def _training_started(self, job: str) -> None:
         self.statusBar().showMessage(f"Background job started: {job}", 5000)
 
-    def _training_finished(self, run_ids: list) -> None:
+    def _job_starting(self, spec: dict) -> None:
+        """Remember what the job starts from (the exemplar, the reviewed points) and which run
+        the user sees now: the finished runs are checked against both."""
+        if self.doc.project is None:
+            return
+        pts = self.doc.all_points()
+        ex = self.doc.exemplar_id
+        self._job_inputs = history.fingerprint(pts, ex)
+        self._job_subset = spec.get("images") is not None
+        if not self._in_chain:
+            self._active_before = history.active_run(pts, ex)
+            self._before_stale = self._stale_reason(self._active_before) is not None
+
+    def _store_inputs(self, run_ids: list) -> None:
+        proj = self.doc.project
+        if proj is None or self._job_inputs is None or not run_ids:
+            return
+        try:
+            inputs = dict(proj.get_meta(history.INPUTS_KEY, {}) or {})
+            kinds = {r.id: r.kind for r in proj.runs()}
+            for rid in run_ids:
+                fp = dict(self._job_inputs)
+                if kinds.get(int(rid)) not in history.LEARNS_FROM_TRUSTED:
+                    fp["trusted"] = {}  # only Stage II learns from them: keep the file small
+                inputs[str(int(rid))] = fp
+            proj.set_meta(history.INPUTS_KEY, inputs)
+        except (LmkError, OSError) as exc:  # read-only project: staleness is then unknown
+            log.warning("could not record what runs %s started from: %s", run_ids, exc)
+        self._job_inputs = None
+
+    def _stale_reason(self, run_id: int | None) -> str | None:
+        """Why the run's points are out of date with the exemplar / reviewed points, or None.
+        A run the app did not start (the CLI, an older version) is taken as in step when first
+        seen: its inputs are recorded then."""
+        proj = self.doc.project
+        if proj is None or run_id is None:
+            return None
+        pts = self.doc.all_points()
+        ex = self.doc.exemplar_id
+        try:
+            inputs = dict(proj.get_meta(history.INPUTS_KEY, {}) or {})
+            run = proj.run(run_id)
+        except (LmkError, OSError) as exc:
+            log.warning("could not read the runs: %s", exc)
+            return None
+        then = inputs.get(str(run_id))
+        if not isinstance(then, dict):
+            inputs[str(run_id)] = history.fingerprint(pts, ex)
+            try:
+                proj.set_meta(history.INPUTS_KEY, inputs)
+            except (LmkError, OSError) as exc:
+                log.info("could not record the inputs of run %s: %s", run_id, exc)
+            return None
+        return history.stale_reason(then, pts, ex, self.doc.names(),
+                                    run.kind in history.LEARNS_FROM_TRUSTED)
+
+    def check_stale(self) -> None:
+        """After edits (debounced) and after jobs: are the current predictions older than the
+        exemplar? The preview re-runs by itself; anything trained waits for a click (banner)."""
+        self._stale_timer.stop()
+        proj = self.doc.project
+        self.refresh_runs()
+        if proj is None:
+            self.stale_banner.clear()
+            return
+        rid = history.active_run(self.doc.all_points(), self.doc.exemplar_id)
+        reason = self._stale_reason(rid)
+        if reason is None:
+            self.stale_banner.clear()
+            self._auto_rerun_of = None
+            return
+        run = proj.run(rid)
+        tp = self.training
+        busy = hasattr(tp, "is_running") and tp.is_running()
+        complete = self.doc.exemplar_complete()
+        if (run.kind == "classical" and self.auto_preview and complete and not busy
+                and self._auto_rerun_of != rid):
+            self._auto_rerun_of = rid  # once per run: a preview that writes nothing cannot loop
+            self.stale_banner.clear()
+            if hasattr(tp, "start") and tp.start("classical"):
+                self.statusBar().showMessage(f"The exemplar changed ({reason}): updating the "
+                                             "preview…", 10000)
+            return
+        words = f"run {rid}, {history.method_words(run)}"
+        chain = self._rerun_chain(run.kind)
+        steps = " → ".join(history.METHOD_WORDS.get(j, j) for j, _ in chain)
+        self.stale_banner.show_stale(words, reason, complete and hasattr(tp, "start"),
+                                     f"Re-run ({steps}) to update them", busy)
+
+    def _rerun_chain(self, kind: str) -> list[tuple[str, str | None]]:
+        """The jobs that redo the active run from the current exemplar: the preview, then the
+        stages it was trained through, each with the preset it used (if bundled)."""
+        from lmk_studio.engine.jobs import BUNDLED_PRESETS
+
+        proj = self.doc.project
+        runs = [r for r in proj.runs() if r.status == "finished"]
+
+        def preset(stage: str) -> str | None:
+            used = [r for r in runs if r.kind == stage]
+            name = (used[-1].config or {}).get("preset") if used else None
+            if name in BUNDLED_PRESETS:
+                return str(name)
+            sel = getattr(self.training, "selected_preset", lambda: None)()
+            return sel
+
+        chain: list[tuple[str, str | None]] = [("classical", None)]
+        if kind.startswith("stage1") or (kind.startswith("stage2")
+                                        and any(r.kind == "stage1" for r in runs)):
+            chain.append(("stage1", preset("stage1")))
+        if kind.startswith("stage2"):
+            chain.append(("stage2", preset("stage2")))
+        return chain
+
+    def rerun_stale(self) -> None:
+        """The banner's Re-run: redo the active run's chain from the current exemplar."""
+        proj = self.doc.project
+        tp = self.training
+        if proj is None or not hasattr(tp, "start") or tp.is_running():
+            return
+        if not self.doc.exemplar_complete():
+            self.statusBar().showMessage("Place (or mark absent) every landmark of the "
+                                         "exemplar first.", 8000)
+            return
+        rid = history.active_run(self.doc.all_points(), self.doc.exemplar_id)
+        kind = proj.run(rid).kind if rid is not None else "classical"
+        chain = self._rerun_chain(kind)
+        self.stale_banner.clear()
+        self._start_chain(chain)
+
+    def _start_chain(self, chain: list[tuple[str, str | None]], continuing: bool = False
+                     ) -> bool:
+        """Start the first job; the others follow as each finishes. The new answer is compared
+        with the one before only at the end: a fresh preview is not a verdict on Stage II."""
+        if not chain:
+            return False
+        (job, preset), rest = chain[0], list(chain[1:])
+        self._in_chain = continuing  # read by _job_starting while the job starts
+        started = self.training.start(job, preset=preset)
+        self._chain = rest if started else []
+        self._in_chain = started and (continuing or bool(rest))
+        if started:
+            self.dock_training.raise_()
+        return started
+
+    def ask_keep_worse(self, new_words: str, old_words: str, why: str) -> bool | None:
+        """Keep the new run's points although they look worse? True/False, or None when the
+        answer comes later: the question is a window-modal sheet (QMessageBox.open), so the
+        event loop, and a job queued behind this one, never wait on it. Tests replace this."""
+        box = QMessageBox(QMessageBox.Icon.Question, "The new predictions look worse",
+                          f"{new_words} looks worse than {old_words}: {why}.\n\nKeep the new "
+                          f"points, or go back to {old_words}? (Every run is kept; the Runs "
+                          "table in the Training panel switches between them.)",
+                          QMessageBox.StandardButton.NoButton, self)
+        box.setObjectName("worseRunQuestion")
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.addButton("Keep the new points", QMessageBox.ButtonRole.AcceptRole)
+        back = box.addButton(f"Go back to {old_words}", QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(back)
+        self.worse_question = box
+        new_id, old_id = self._worse_pair
+
+        def answered(_result: int) -> None:
+            if box.clickedButton() is back:
+                self._go_back(new_id, old_id)
+
+        box.finished.connect(answered)
+        box.open()
+        return None
+
+    def _compare_with_before(self) -> None:
+        """Never let a job switch the answer to a run that looks worse without asking."""
+        proj = self.doc.project
+        before, self._active_before = self._active_before, None
+        if proj is None or before is None or self._before_stale or self._job_subset:
+            return
+        pts = self.doc.all_points()
+        ex = self.doc.exemplar_id
+        now = history.active_run(pts, ex)
+        if now is None or now == before:
+            return
+        try:
+            why = history.looks_worse(proj, now, before, pts, ex)
+        except (LmkError, OSError) as exc:
+            log.warning("could not compare runs %s and %s: %s", now, before, exc)
+            return
+        if why is None:
+            return
+        new_w = f"Run {now} ({history.method_words(proj.run(now))})"
+        old_w = f"run {before} ({history.method_words(proj.run(before))})"
+        log.info("%s looks worse than %s: %s", new_w, old_w, why)
+        self._worse_pair = (now, before)
+        if self.ask_keep_worse(new_w, old_w, why) is False:
+            self._go_back(now, before)
+
+    def _go_back(self, new_id: int, old_id: int) -> None:
+        """The user chose the earlier run: only while the new run is still the one shown."""
+        if self.doc.project is None:
+            return
+        if history.active_run(self.doc.all_points(), self.doc.exemplar_id) != new_id:
+            self.statusBar().showMessage(f"Run {new_id} is no longer the one shown: use the "
+                                         "Runs table to switch.", 10000)
+            return
+        self.use_run(old_id)
+
+    def use_run(self, run_id: int) -> None:
+        """Make an earlier run's points the current ones (never a human's point)."""
+        proj = self.doc.project
+        if proj is None:
+            return
+        tp = self.training
+        if hasattr(tp, "is_running") and tp.is_running():
+            self.statusBar().showMessage("A job is running: switch runs when it ends.", 8000)
+            return
+        try:
+            n = history.restore_run(proj, run_id)
+        except (LmkError, OSError) as exc:
+            self._error(f"Could not go back to run {run_id}", exc)
+            return
         self._pred_cache.clear()
         self.doc.invalidate(None)
+        self.review.reset_order()
+        self.statusBar().showMessage(f"Now showing run {run_id}'s points ({n} points; your "
+                                     "reviewed points and the exemplar are unchanged).", 10000)
+        self.check_stale()
+
+    def refresh_runs(self) -> None:
+        """The runs table: every finished run with points, against the active one."""
+        proj = self.doc.project
+        if proj is None:
+            self.runs_panel.set_summaries([])
+            return
+        pts = self.doc.all_points()
+        ex = self.doc.exemplar_id
+        active = history.active_run(pts, ex)
+        try:
+            runs = [r for r in proj.runs() if r.status == "finished"][-MAX_RUN_ROWS:]
+            preds = {r.id: self._predictions(r.id) for r in runs}
+        except (LmkError, OSError) as exc:
+            log.warning("could not read the runs: %s", exc)
+            return
+        rows = [history.summarise(r, preds[r.id], preds.get(active) if active else None,
+                                  pts, ex, r.id == active) for r in runs if preds[r.id]]
+        self.runs_panel.set_summaries(rows)
+
+    def _predictions(self, run_id: int) -> dict:
+        if run_id not in self._pred_cache:
+            self._pred_cache[run_id] = self.doc.project.predictions(run_id)
+        return self._pred_cache[run_id]
+
+    def _training_finished(self, run_ids: list) -> None:
+        self._store_inputs(run_ids)
+        self._pred_cache.clear()
+        self.doc.invalidate(None)
+        if self._chain and self.doc.project is not None:
+            chain, self._chain = self._chain, []
+            if self._start_chain(chain, continuing=True):
+                return
+        self._chain, self._in_chain = [], False
+        self._compare_with_before()
         self.review.reset_order()
         n_pending = len(self.review.items)
         self.statusBar().showMessage(
@@ -1006,16 +1297,21 @@ class MainWindow(QMainWindow):
             "landmarks to review (Space: next).", 15000)
         if n_pending:
             self.dock_review.raise_()
+        self.check_stale()
         self._start_pending_predict()
 
     def _training_cancelled(self, run_ids: list) -> None:
+        self._chain, self._in_chain, self._job_inputs = [], False, None
         self.doc.invalidate(None)
         self.statusBar().showMessage("Job cancelled; Resume continues it.", 10000)
         self._pending_predict.clear()   # the user stopped work: do not start more behind it
+        self.check_stale()
 
     def _training_failed(self, message: str) -> None:
+        self._chain, self._in_chain, self._job_inputs = [], False, None
         self.doc.invalidate(None)
         self._error("The background job stopped", message)
+        self.check_stale()
 
     # ------------------------------------------------------------------ export, help
     def export_dialog(self) -> None:

@@ -155,6 +155,7 @@ class LossPlot(pg.PlotWidget):
 class TrainingPanel(QWidget):
     """Dock content of the main window. Only one job at a time; the GUI never blocks on it."""
 
+    about_to_start = Signal(dict)  # the spec, before the child starts: what the run will use
     started = Signal(str)          # job name
     progress = Signal(object)      # engine.common.ProgressEvent
     finished = Signal(list)        # run ids written: reload points from the store
@@ -247,6 +248,8 @@ class TrainingPanel(QWidget):
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addLayout(buttons)
+        self._sections = QVBoxLayout()  # what the window adds (the runs table)
+        lay.addLayout(self._sections)
         lay.addWidget(self.step_label)
         lay.addWidget(self.stage_label)
         lay.addLayout(bar_row)
@@ -255,6 +258,10 @@ class TrainingPanel(QWidget):
         lay.addWidget(self.log_file_label)
 
     # ---- public API ----------------------------------------------------------------------
+    def add_section(self, widget: QWidget) -> None:
+        """Put a widget of the window's (the runs table) under the Start/Cancel buttons."""
+        self._sections.addWidget(widget)
+
     def set_project(self, path: Path | str | None) -> None:
         """Which .lmk file the next job runs on (a running job keeps its own)."""
         self.project = Path(path) if path is not None else None
@@ -314,6 +321,7 @@ class TrainingPanel(QWidget):
         if self.is_running():
             self._refuse("A job is already running: wait for it or cancel it first.")
             return False
+        self.about_to_start.emit(dict(spec))
         try:
             self.bridge.start(spec)
         except (LmkError, OSError) as exc:
