@@ -466,8 +466,7 @@ class MainWindow(QMainWindow):
         self.doc.set_project(proj)
         t = proj.template
         self.canvas.set_template(t.names, [lm.color for lm in t.landmarks])
-        if hasattr(self.training, "set_project"):
-            self.training.set_project(proj.path)
+        self._tell_training()
         settings.add_recent_project(Path(proj.path))
         self.setWindowTitle(f"{Path(proj.path).name} — lmk_studio")
         self._show_workspace(True)
@@ -484,6 +483,16 @@ class MainWindow(QMainWindow):
         self._chain.clear()
         self._auto_rerun_of = None
         self.check_stale()
+
+    def _tell_training(self) -> None:
+        """The training panel's project, image count and typical size (its preset default and
+        time estimate follow them)."""
+        if not hasattr(self.training, "set_project") or self.doc.project is None:
+            return
+        recs = [r for r in self.doc.records() if not r.missing]
+        sides = sorted(max(r.width, r.height) for r in recs if r.width and r.height)
+        self.training.set_project(self.doc.project.path, n_images=len(recs),
+                                  longest_side=sides[len(sides) // 2] if sides else None)
 
     def _remember_image(self) -> None:
         if self.doc.project is not None and self.doc.image_id is not None:
@@ -592,6 +601,7 @@ class MainWindow(QMainWindow):
             return
         faults = list(getattr(self.doc.project, "last_faults", []) or [])
         self.doc.reload_images()
+        self._tell_training()
         self.folder_watch.set_known(r.path for r in self.doc.records())
         self.folder_watch.ignore(p for p, _ in faults)  # refused once: not offered again
         msg = f"Added {len(added)} image(s)."

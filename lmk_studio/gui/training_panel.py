@@ -34,6 +34,7 @@ from lmk_studio.engine.jobs import BUNDLED_PRESETS, JOB_STAGE, JOBS, check_prese
 from lmk_studio.engine.process import default_torch_threads
 
 from .job_bridge import JobBridge
+from .presets import PRESET_WORDS, default_preset, estimate
 
 log = logging.getLogger("lmk_studio.gui.training")
 
@@ -193,24 +194,37 @@ class TrainingPanel(QWidget):
         self.preset_combo = QComboBox()
         for name in BUNDLED_PRESETS:
             self.preset_combo.addItem(name, name)
+            self.preset_combo.setItemData(self.preset_combo.count() - 1,
+                                          PRESET_WORDS.get(name, ""),
+                                          Qt.ItemDataRole.ToolTipRole)
         self.preset_combo.addItem(FILE_ITEM, None)
         self.preset_combo.setToolTip("quick: the demo in about a minute; cpu: real X-rays on a "
                                      "CPU; paper: the published schedule (GPU)")
         self._preset_prev = 0
+        self._preset_chosen = False  # the user picked one: a project change keeps it
         self.preset_combo.activated.connect(self._on_preset_chosen)
+        self.preset_info = QLabel("")
+        self.preset_info.setObjectName("presetInfo")
+        self.preset_info.setWordWrap(True)
         self.device_combo = QComboBox()
         items, found = device_choices()
         for value, label in items:
             self.device_combo.addItem(label, value)
+        self._auto_device = select_device("auto").type
         self.device_label = QLabel(found)
         self.device_label.setWordWrap(True)
+        self.n_images = 0
+        self.longest_side: int | None = None
 
         form = QFormLayout()
         form.addRow("Project", self.project_label)
         form.addRow("Job", self.job_combo)
         form.addRow("Preset", self.preset_combo)
+        form.addRow("", self.preset_info)
         form.addRow("Device", self.device_combo)
         form.addRow("", self.device_label)
+        for combo in (self.job_combo, self.preset_combo, self.device_combo):
+            combo.currentIndexChanged.connect(lambda _i: self._update_preset_info())
 
         self.start_button = QPushButton("Start")
         self.cancel_button = QPushButton("Cancel")
@@ -262,12 +276,57 @@ class TrainingPanel(QWidget):
         """Put a widget of the window's (the runs table) under the Start/Cancel buttons."""
         self._sections.addWidget(widget)
 
-    def set_project(self, path: Path | str | None) -> None:
-        """Which .lmk file the next job runs on (a running job keeps its own)."""
-        self.project = Path(path) if path is not None else None
+    def set_project(self, path: Path | str | None, n_images: int | None = None,
+                    longest_side: int | None = None) -> None:
+        """Which .lmk file the next job runs on (a running job keeps its own). With the image
+        count and their typical longest side, the preset follows the project (quick only for
+        demo-size images) unless the user picked one, and the estimate is for this project."""
+        new = Path(path) if path is not None else None
+        if new != self.project:
+            self._preset_chosen = False  # another project: its own default
+        self.project = new
         self.project_label.setText(self.project.name if self.project else "No project open")
         self.project_label.setToolTip(str(self.project) if self.project else "")
+        if n_images is not None:
+            self.n_images = int(n_images)
+            self.longest_side = longest_side
+            if not self._preset_chosen:
+                idx = self.preset_combo.findData(self.recommended_preset())
+                if idx >= 0:
+                    self.preset_combo.setCurrentIndex(idx)
+                    self._preset_prev = idx
+        self._update_preset_info()
         self._update_buttons()
+
+    def device_type(self) -> str:
+        """cpu / cuda / mps: what the selected device means on this machine."""
+        dev = self.selected_device()
+        return self._auto_device if dev == "auto" else dev.split(":")[0]
+
+    def recommended_preset(self) -> str:
+        return default_preset(self.n_images, self.longest_side, self.device_type())
+
+    def _update_preset_info(self) -> None:
+        """What the preset is for, and a rough time for this project on this machine."""
+        job = self.selected_job()
+        preset = self.selected_preset()
+        training = job in ("all", "stage1", "stage2")
+        words = PRESET_WORDS.get(str(preset), "a preset file of yours") if training else \
+            "the job uses the trained model's own settings; no preset"
+        est = estimate(job, preset if training else None, self.n_images, self.device_type()) \
+            if self.project is not None and self.n_images else None
+        if est is None:
+            when = ""
+        else:
+            _s, parts, measured = est
+            how = ("rough estimate from a 2-core CPU measurement" if measured else
+                   "rough estimate from the step count, not timed on this kind of machine")
+            when = f"\nFor {self.n_images} images here: {parts} ({how})."
+        rec = self.recommended_preset() if self.project is not None else None
+        note = ""
+        if training and rec is not None and preset in BUNDLED_PRESETS and preset != rec:
+            note = f"\nSuggested for this project: {rec}."
+        self.preset_info.setText(f"{preset if training else '–'}: {words}.{when}{note}")
 
     def is_running(self) -> bool:
         return self.bridge.is_running()
@@ -355,6 +414,7 @@ class TrainingPanel(QWidget):
         self.failed.emit(message)
 
     def _on_preset_chosen(self, index: int) -> None:
+        self._preset_chosen = True
         if self.preset_combo.itemText(index) != FILE_ITEM:
             self._preset_prev = index
             return
