@@ -108,8 +108,16 @@ def test_stage1_preset_finishes_through_the_cli(name: str, previewed: Path, tmp_
     assert written > 0 and len(preds) == 4  # the 4 images besides the exemplar
     pts = np.array([[p.x, p.y] for ps in preds.values() for p in ps], dtype=float)
     assert np.isfinite(pts).all() and (pts >= -1).all() and (pts[:, 0] <= 161).all()
+    if _bundled("stage1", name).get("candidates"):
+        from lmk_studio.core.store import Project
+
+        with Project.open(lmk) as proj:
+            run = max((r for r in proj.runs() if r.kind == "stage1"), key=lambda r: r.id)
+            assert len(run.metrics["candidates"]["chosen_per_landmark"]) == len(proj.template)
     # the saved models predict again without training (the `predict --method stage1` path)
-    assert cli.main(["predict", str(lmk), "--method", "stage1", "--device", "cpu"]) == 0
+    assert cli.main(["predict", str(lmk), "--method", "stage1", "--all", "--device", "cpu"]) == 0
+    written2, preds2 = _stage_points(lmk, "stage1-predict")
+    assert written2 > 0 and len(preds2) == 4
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -121,7 +129,9 @@ def test_stage2_preset_finishes_through_the_cli(name: str, previewed: Path, tmp_
                      "--device", "cpu"]) == 0
     written, preds = _stage_points(lmk, "stage2")
     assert written > 0 and len(preds) == 4
-    assert cli.main(["predict", str(lmk), "--method", "stage2", "--device", "cpu"]) == 0
+    assert cli.main(["predict", str(lmk), "--method", "stage2", "--all", "--device", "cpu"]) == 0
+    written2, preds2 = _stage_points(lmk, "stage2-predict")
+    assert written2 > 0 and len(preds2) == 4
 
 
 def test_shrinking_keeps_each_presets_structure() -> None:

@@ -142,6 +142,7 @@ def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
                         metrics={"images": len(used), "points_written": written, "faults": faults,
                                  "warnings": warnings,
                                  "notes": res.notes,
+                                 "candidates": res.history.get("candidates"),
                                  "mean_confidence": float(np.nanmean(res.confidence)),
                                  "selection": "label-free: held-out esim+global loss"},
                         checkpoints={"dir": ck_stored, **paths}, timings=res.timings)
@@ -257,7 +258,7 @@ def predict_stage1_job(project: Any, device: str = "auto",
             if len(used) > 1:
                 start = _classical_points(proj, ids, n) if cfg.start == "classical" else None
                 res = predict_with_models(full, ex, ex_pts, cfg, models, dev, start, progress,
-                                          cancel)
+                                          cancel, (src.metrics or {}).get("candidates"))
                 written = _write(proj, run_id, used, ex, res)
         except Cancelled:
             proj.finish_run(run_id, "cancelled")

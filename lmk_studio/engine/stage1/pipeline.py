@@ -185,8 +185,8 @@ def confidence(full_small: list[np.ndarray], scale: float, ex: int, ex_pts: np.n
 
 
 def choose_candidates(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, pts: np.ndarray,
-                      conf: np.ndarray, opts: dict, cancel: CancelToken | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, dict]:
+                      conf: np.ndarray, opts: dict, cancel: CancelToken | None = None,
+                      given: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Stage I's answer as the primary among engine.candidates' candidates (the exemplar's
     point copied, the ECC affine alone, the classical preview, each also after a local search),
     one kind chosen per landmark over the folder, label-free.
@@ -194,7 +194,10 @@ def choose_candidates(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, pts: 
     Why: Stage I refines a registration, so a landmark on a structure that does not move with the
     anatomy (porion at a cephalostat's ear rods) stays wrong however well it is refined; the
     choice keeps Stage I wherever nothing beats it clearly. Returns (points, confidence, record:
-    candidate names and the winner per landmark)."""
+    candidate names and the winner per landmark).
+
+    `given`: the record of an earlier choice (the training run's), applied as it is: predicting
+    a few new images must not re-decide per landmark on those few."""
     from lmk_studio.engine import candidates as cm
 
     params = cm.CandidateParams(**{k: (tuple(v) if k == "score_radii" else v)
@@ -210,7 +213,18 @@ def choose_candidates(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, pts: 
         scores.append(sc)
     if not sets:
         return pts, conf, {}
-    ch = cm.choose_per_landmark(np.stack(scores), sets[0].names, params.primary, params.margin)
+    ch = None
+    if given and list(given.get("names") or []) == list(sets[0].names):
+        try:
+            idx = np.array([sets[0].names.index(c) for c in given["chosen_per_landmark"]])
+            if len(idx) == pts.shape[1]:
+                ch = cm.Choice(list(sets[0].names), idx, np.zeros((len(sets[0].names),
+                                                                   len(idx))), params.primary)
+        except (KeyError, ValueError, TypeError):
+            ch = None
+    if ch is None:
+        ch = cm.choose_per_landmark(np.stack(scores), sets[0].names, params.primary,
+                                    params.margin)
     out, conf = pts.copy(), conf.copy()
     for k, cs, sc in zip(targets, sets, scores, strict=True):
         out[k] = cm.apply_choice(cs, ch)
@@ -280,7 +294,8 @@ def fit_stage1(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, cfg: Stage1C
                progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
                checkpoint_dir: Path | None = None, resume: bool = False,
                start_points: np.ndarray | None = None,
-               init_models: dict | None = None) -> Stage1Result:
+               init_models: dict | None = None, given_choice: dict | None = None
+               ) -> Stage1Result:
     """full: float32 images in [0, 1] at full resolution (or any common resolution)."""
     t0 = time.monotonic()
     torch.set_num_threads(max(1, min(cfg.torch_threads, torch.get_num_threads())))
@@ -415,8 +430,8 @@ def fit_stage1(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, cfg: Stage1C
             conf = conf * np.exp(-spread / (4 * conf_scale))
         if cfg.candidates.get("on", bool(cfg.candidates)):
             t1 = time.monotonic()
-            pts, conf, history["candidates"] = choose_candidates(full, ex, ex_pts, pts, conf,
-                                                                 cfg.candidates, cancel)
+            pts, conf, history["candidates"] = choose_candidates(
+                full, ex, ex_pts, pts, conf, cfg.candidates, cancel, given_choice)
             timings["candidates_s"] = time.monotonic() - t1
             off = [f"{j + 1}: {c}" for j, c in
                    enumerate(history["candidates"].get("chosen_per_landmark", []))
@@ -433,7 +448,8 @@ def fit_stage1(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, cfg: Stage1C
 def predict_with_models(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, cfg: Stage1Config,
                         model_paths: dict, device, start_points: np.ndarray | None = None,
                         progress: ProgressCallback = no_progress,
-                        cancel: CancelToken | None = None) -> Stage1Result:
+                        cancel: CancelToken | None = None,
+                        given_choice: dict | None = None) -> Stage1Result:
     """Inference only: the saved pass models, zero training epochs."""
     d = cfg.to_dict()
     for k in ("coarse", "refine"):
@@ -442,4 +458,4 @@ def predict_with_models(full: list[np.ndarray], ex: int, ex_pts: np.ndarray, cfg
     c0 = Stage1Config.from_dict(d)
     return fit_stage1(full, ex, ex_pts, c0, 0, device, progress, cancel, None, False,
                       start_points, {k: v for k, v in model_paths.items()
-                                     if k in ("coarse", "refine")})
+                                     if k in ("coarse", "refine")}, given_choice)
