@@ -20,8 +20,9 @@ Modes
 - ``--subset N``: N images, step counts unchanged: a smoke run (inductive: the first images of
   each part, in proportion).
   Its report goes to training/cache/product/, never over the committed figures.
-- ``--threads N``: OMP_NUM_THREADS / MKL_NUM_THREADS for the app's processes (torch reads them at
-  start; the Stage I preset's torch_threads is an upper bound on top). Default: the app's own.
+- ``--threads N``: OMP_NUM_THREADS / MKL_NUM_THREADS / LMK_STUDIO_THREADS for the app's processes
+  (torch reads the first two at start, engine.threads the last; the Stage I preset's
+  torch_threads is an upper bound on top). Default: the app's own.
 - ``--load``: one ``yes > /dev/null`` beside the whole run, to measure a machine that is not idle.
 
     nice -n 5 .venv/bin/python training/bench_product.py --transductive [--subset 12] [--load]
@@ -58,6 +59,7 @@ MM_PER_PX = 0.125  # the README's estimate from the nasion-rod ruler
 N_IMAGES = 120  # the development split; no other Hamedan images are used anywhere
 EXEMPLAR = "001.png"
 DOCTORS = ("Dr.mollabashi", "Dr.farhadifar")
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LMK_STUDIO_THREADS", "OMP_WAIT_POLICY")
 NOTES_MARK = "<!-- notes below are hand-written and kept when the bench rewrites the table -->"
 
 
@@ -240,8 +242,9 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
         link_images(work / "new_images", new_ids)
     proj = work / "hamedan.lmk"
     env = dict(os.environ)
-    if args.threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    if args.threads:  # torch reads OMP/MKL at start; engine.threads reads LMK_STUDIO_THREADS
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LMK_STUDIO_THREADS"):
+            env[var] = str(args.threads)
 
     names_all, truth_all = load_truth()
     train_names = [f"{i:03d}.png" for i in train_ids if i != 1]
@@ -258,7 +261,8 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
                            f"{train_ids[-1]:03d}", "new_images": (f"{new_ids[0]:03d}-"
                            f"{new_ids[-1]:03d}" if new_ids else None),
                            "steps": [], "rows": [], "failures": [], "workdir": str(work),
-                           "complete": False}
+                           "complete": False,
+                           "thread_env": {v: env.get(v) for v in THREAD_VARS}}
     load_proc = subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) if args.load else None
     t_run = time.monotonic()
     try:
@@ -429,8 +433,9 @@ def render(rep: dict[str, Any]) -> str:
                   + " (the two doctors' mean written as a labelme file and imported; a project "
                     "holds one exemplar point per landmark, so both doctors' files cannot both be "
                     "imported)" * (sec["exemplar_labels"] == "mean")
-                  + f"; preset {sec['preset']}; threads "
-                  f"{sec['threads'] or 'app default'}; total {sec['total_wall_s'] / 60:.1f} min.",
+                  + f"; preset {sec['preset']}; threads {sec['threads'] or 'app default'}"
+                  + "".join(f", {k}={v}" for k, v in sec.get("thread_env", {}).items() if v)
+                  + f"; total {sec['total_wall_s'] / 60:.1f} min.",
                   "",
                   "| row | images scored | MRE px | SD px | median px | p95 px | MRE mm | SD mm | "
                   "SDR 2 / 2.5 / 3 / 4 mm % | step time s | peak RSS MB |",
