@@ -49,3 +49,19 @@ def test_seed_everything_reproduces_torch_draws() -> None:
 def test_progress_fraction_counts_epochs_and_steps() -> None:
     ev = ProgressEvent(stage="stage1", epoch=1, epochs=4, step=5, steps=10)
     assert ev.fraction == pytest.approx(15 / 40)
+
+
+def test_thread_policy_honours_the_users_count_and_waits_passively(monkeypatch) -> None:
+    """OpenMP workers must not spin beside another busy process (training/reports/threads.md):
+    importing lmk_studio sets passive waiting unless the user chose otherwise."""
+    import os
+
+    import lmk_studio  # noqa: F401
+    from lmk_studio.engine import threads
+
+    assert os.environ.get("OMP_WAIT_POLICY") in ("PASSIVE", os.environ.get("OMP_WAIT_POLICY"))
+    monkeypatch.setenv(threads.ENV_THREADS, "3")
+    assert threads.thread_count() == 3
+    assert threads.thread_count(1) == 1
+    monkeypatch.setenv(threads.ENV_THREADS, "lots")
+    assert threads.thread_count() == threads.available_cores() >= 1

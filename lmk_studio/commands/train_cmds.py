@@ -213,6 +213,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lmk_studio.engine.common import Cancelled, CancelToken
 
     device = _check_device(args.device)
+    from lmk_studio.engine.threads import apply_thread_policy
+
+    apply_thread_policy()  # every core (or $LMK_STUDIO_THREADS), one inter-op thread
     stage = str(args.stage)
     bar = ProgressBar()
     token = CancelToken()
@@ -279,6 +282,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from lmk_studio.engine.common import Cancelled, CancelToken
 
     device = _check_device(args.device)
+    from lmk_studio.engine.threads import apply_thread_policy
+
+    apply_thread_policy()  # every core (or $LMK_STUDIO_THREADS), one inter-op thread
     bar = ProgressBar()
     token = CancelToken()
     proj = _open_project(args.project)
