@@ -534,3 +534,23 @@ def test_annotation_fifo_is_a_fault_not_a_hang(tmp_path):
     os.mkfifo(tmp_path / "a.json")
     pts, faults = read_labelme_points(tmp_path / "a.json", NAMES)
     assert pts == {} and "FIFO" in faults[0].problem
+
+
+def test_annotation_files_over_the_item_cap_are_refused(store, tmp_path, monkeypatch):
+    """Each row costs ~30 us: the cap keeps one file under ~10 s (bench_hostile_inputs.py)."""
+    monkeypatch.setattr(formats, "MAX_ANNOTATION_ITEMS", 10)
+    proj = _project(store, tmp_path)
+    src = tmp_path / "p.csv"
+    src.write_text("image,landmark_index,x_px,y_px\n" + "001.png,0,1,2\n" * 20, encoding="utf-8")
+    with pytest.raises(ImportFault, match="p.csv: 21 lines, more than the 10 rows"):
+        formats.import_csv(proj, src)
+    doc = {"format": "lmk_studio-points", "version": 1,
+           "images": [{"name": "001.png", "points": [{"index": 0, "x": 1, "y": 1}] * 11}]}
+    src = tmp_path / "p.json"
+    src.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(ImportFault, match="p.json: 11 points, more than the 10"):
+        formats.import_json(proj, src)
+    p = _labelme(tmp_path / "001.json", [_pt("Sella", 1, 1)] * 11)
+    pts, faults = read_labelme_points(p, NAMES)
+    assert pts == {} and "11 shapes, more than the 10" in faults[0].problem
+    proj.close()

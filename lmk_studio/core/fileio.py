@@ -83,7 +83,8 @@ def open_regular(path: str | Path, max_bytes: int | None = None,
                               "regular files are read")
         if max_bytes is not None and st.st_size > max_bytes:
             raise FileRefused(path, f"the {what} is {st.st_size / 2**20:.0f} MB, more than the "
-                              f"{max_bytes / 2**20:.0f} MB a {what} can sensibly be; refused")
+                              f"{max_bytes / 2**20:.0f} MB allowed for one {what}; refused "
+                              "unread")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         f = os.fdopen(fd, "rb")

@@ -49,7 +49,11 @@ from lmk_studio.core.points import LandmarkPoint, Source, Status
 
 LABELME_PIXEL_OFFSET = -0.5
 DUPLICATE_TOLERANCE_PX = 1.0
-MAX_ANNOTATION_BYTES = 64 * 2**20
+# Bounds that keep one annotation file under ~10 s and well under 1 GB (training/
+# bench_hostile_inputs.py): parsed JSON takes up to ~10x its size in memory, and a row or
+# shape costs ~25-35 us. 150,000 points is 7,900 images of 19 landmarks.
+MAX_ANNOTATION_BYTES = 32 * 2**20
+MAX_ANNOTATION_ITEMS = 150_000
 FAULTS_SHOWN = 20  # a refused import's message lists this many faults, then counts the rest
 JSON_FORMAT = "lmk_studio-points"
 JSON_VERSION = 1
@@ -188,7 +192,7 @@ def _finite(v: Any) -> float | None:
 
 def _read_text(path: Path, display: str) -> tuple[str | None, Fault | None]:
     """The file as text, or a Fault: only regular files (a FIFO would block for ever) of at
-    most MAX_ANNOTATION_BYTES (parsed JSON takes ~10x its size in memory)."""
+    most MAX_ANNOTATION_BYTES."""
     try:
         return read_regular_bytes(path, MAX_ANNOTATION_BYTES, "annotation file").decode(
             "utf-8-sig"), None
@@ -343,6 +347,10 @@ def _parse_labelme(
     if not isinstance(d, dict) or not isinstance(d.get("shapes"), list):
         return _LabelmeFile(
             {}, [Fault(display, "-", "not a labelme file (no 'shapes' list)")], readable=False)
+    if len(d["shapes"]) > MAX_ANNOTATION_ITEMS:
+        return _LabelmeFile({}, [Fault(display, "-", (
+            f"{len(d['shapes'])} shapes, more than the {MAX_ANNOTATION_ITEMS} one file may "
+            "hold; refused"))], readable=False)
     faults: list[Fault] = []
     ip = d.get("imagePath")
     image_path = ip if isinstance(ip, str) and ip.strip() else None
@@ -558,6 +566,10 @@ def _parse_csv(path: Path, names: Sequence[str]) -> tuple[list[ParsedPoint], lis
     text, fault = _read_text(path, disp)
     if text is None:
         raise ImportFault(str(fault))
+    n_lines = text.count("\n")
+    if n_lines > MAX_ANNOTATION_ITEMS + 1:
+        raise ImportFault(f"{disp}: {n_lines} lines, more than the {MAX_ANNOTATION_ITEMS} rows "
+                          "one file may hold (split it); nothing was imported")
     rows, delim = _csv_rows(text, disp)
     dc = delim != ","  # a ';' or tab file from a spreadsheet may use decimal commas
     if not rows:
@@ -692,6 +704,11 @@ def _parse_project_json(path: Path, names: Sequence[str]) -> tuple[list[ParsedPo
         raise ImportFault(
             f"{disp}: its template ({len(t_names)} landmarks: {', '.join(map(str, t_names[:4]))}"
             f"...) differs from the project's ({len(names)}: {', '.join(names[:4])}...)")
+    n_pts = sum(len(im["points"]) for im in d["images"]
+                if isinstance(im, dict) and isinstance(im.get("points"), list))
+    if n_pts > MAX_ANNOTATION_ITEMS:
+        raise ImportFault(f"{disp}: {n_pts} points, more than the {MAX_ANNOTATION_ITEMS} one "
+                          "file may hold (split it); nothing was imported")
     out: list[ParsedPoint] = []
     faults: list[Fault] = []
     for ii, im in enumerate(d["images"]):
