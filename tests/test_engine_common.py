@@ -55,11 +55,18 @@ def test_thread_policy_honours_the_users_count_and_waits_passively(monkeypatch) 
     """OpenMP workers must not spin beside another busy process (training/reports/threads.md):
     importing lmk_studio sets passive waiting unless the user chose otherwise."""
     import os
+    import subprocess
+    import sys
 
-    import lmk_studio  # noqa: F401
     from lmk_studio.engine import threads
 
-    assert os.environ.get("OMP_WAIT_POLICY") in ("PASSIVE", os.environ.get("OMP_WAIT_POLICY"))
+    code = "import lmk_studio, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "PASSIVE", out.stderr
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "ACTIVE", out.stderr
     monkeypatch.setenv(threads.ENV_THREADS, "3")
     assert threads.thread_count() == 3
     assert threads.thread_count(1) == 1
