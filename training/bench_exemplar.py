@@ -128,10 +128,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--every", type=int, default=8, help="also every N-th rank (default 8)")
     ap.add_argument("--limit", type=int, default=None, help="first N exemplars only, no report")
+    ap.add_argument("--report", action="store_true",
+                    help="only rewrite exemplar.md from the saved exemplar.json")
     ap.add_argument("--stage1", type=int, default=0,
                     help="then train Stage I (cpu preset) for the suggested, the worst-ranked "
                          "and 001 (the first N of them, in that order)")
     args = ap.parse_args()
+    if args.report:
+        write_report(json.loads((REPORTS / "exemplar.json").read_text(encoding="utf-8")))
+        return
     if not (DATA / "images" / "001.png").exists():
         raise SystemExit(f"Hamedan data not found at {DATA}")
     t_all = time.monotonic()
@@ -224,6 +229,10 @@ def _git() -> str:
     return head + (f" (uncommitted changes in {', '.join(dirty)})" if dirty else "")
 
 
+def _mean_mre(rows: list[dict]) -> float:
+    return float(np.mean([r["classical"]["mre_px"] for r in rows]))
+
+
 def write_report(rep: dict) -> None:
     res = rep["results"]
     mre = [r["classical"]["mre_px"] for r in res]
@@ -231,6 +240,7 @@ def write_report(rep: dict) -> None:
     place = {r["exemplar"]: k + 1 for k, r in enumerate(by_mre)}
     sug, worst = rep["suggested"], rep["worst_ranked"]
     get = {r["exemplar"]: r for r in res}
+    by_rank = sorted(res, key=lambda r: r["rank"])
     n = len(res)
     lines = [
         "# Exemplar suggestion on the Hamedan development set",
@@ -263,6 +273,9 @@ def write_report(rep: dict) -> None:
         f"{place[sug]} of {n} by MRE; 001 gives {get['001.png']['classical']['mre_px']:.2f} px "
         f"({place['001.png']} of {n}); the worst-ranked gives "
         f"{get[worst]['classical']['mre_px']:.2f} px ({place[worst]} of {n}).",
+        f"- Mean MRE of the 3 best-ranked exemplars tried: {_mean_mre(by_rank[:3]):.2f} px; "
+        f"of the 3 worst-ranked: {_mean_mre(by_rank[-3:]):.2f} px; of all {n}: "
+        f"{np.mean(mre):.2f} px.",
         f"- Spearman correlation between the suggestion's rank and the MRE over these "
         f"{n} exemplars: {spearman([r['rank'] for r in res], mre):+.2f} (positive = a better "
         "rank gives a lower error).",
@@ -278,7 +291,7 @@ def write_report(rep: dict) -> None:
         lines.append(
             f"| {r['exemplar']} | {r['rank']} | {r['score']:.3f} | {r['why']} | "
             f"{c['mre_px']:.2f} | {c['mre_mm']:.2f} | {c['median_mm']:.2f} | {c['p95_px']:.1f} | "
-            f"{100 * c['sdr']['2']:.0f} % | {100 * c['sdr']['4']:.0f} % | "
+            f"{c['sdr']['2']:.0f} % | {c['sdr']['4']:.0f} % | "
             f"{place[r['exemplar']]} | {r['times_s']['predict_classical']:.0f} |")
     s1 = [r for r in res if "stage1" in r]
     if s1:
@@ -288,7 +301,7 @@ def write_report(rep: dict) -> None:
         for r in s1:
             c = r["stage1"]
             lines.append(f"| {r['exemplar']} | {r['rank']} | {r['classical']['mre_px']:.2f} | "
-                         f"{c['mre_px']:.2f} | {c['mre_mm']:.2f} | {100 * c['sdr']['2']:.0f} % | "
+                         f"{c['mre_px']:.2f} | {c['mre_mm']:.2f} | {c['sdr']['2']:.0f} % | "
                          f"{r['times_s']['train_stage1']:.0f} |")
     if rep["skipped"]:
         lines += ["", "Skipped by the ranking: " + ", ".join(
