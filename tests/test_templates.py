@@ -136,3 +136,15 @@ def test_full_disk_keeps_the_old_file_and_leaves_no_temp(
         save_template(Template("new", [LandmarkDef("b")]), p)
     assert p.read_bytes() == before
     assert [q.name for q in tmp_path.iterdir()] == ["t.json"]
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"name": 1' + "0" * 5000 + "}",
+                                  '{"name": "t", "landmarks": 5}', '{"name": "t", "landmarks":'
+                                  ' [{"name": ["x"]}]}', "[1, 2]"])
+def test_hostile_template_file_is_an_error_naming_it(tmp_path, text):
+    """Issue 13: a template file is user input like any other (deep nesting raised
+    RecursionError)."""
+    p = tmp_path / "t.json"
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(LmkError, match=r"t\.json"):
+        load_template(p)

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from lmk_studio.core.errors import LmkError
-from lmk_studio.core.fileio import atomic_write_text
+from lmk_studio.core.fileio import atomic_write_text, read_regular_bytes
 from lmk_studio.core.resources import resource_path
 
 _COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
 BUNDLED_DIR = ("templates",)
+MAX_TEMPLATE_BYTES = 4 * 2**20  # a template of 1,000 landmarks is ~100 KB
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,10 @@ def bundled_templates() -> dict[str, Template]:
 
 
 def _read(path: Path) -> Template:
+    """A template JSON file; every problem (not a regular file, too large, not JSON, nested
+    too deeply, wrong shape) is an LmkError naming the file, never a traceback or a hang."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_bytes(path, MAX_TEMPLATE_BYTES, "template file").decode("utf-8")
     except FileNotFoundError:
         raise LmkError(f"{path}: template file not found") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -152,10 +155,17 @@ def _read(path: Path) -> Template:
         d = json.loads(text)
     except json.JSONDecodeError as e:
         raise LmkError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except RecursionError:
+        raise LmkError(f"{path}: not a usable template: JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise LmkError(f"{path}: not usable JSON ({str(e)[:120]})") from None
     try:
         return Template.from_dict(d)
     except LmkError as e:
         raise LmkError(f"{path}: {e}") from None
+    except (TypeError, KeyError, AttributeError, ValueError, RecursionError) as e:
+        raise LmkError(f"{path}: not a landmark template ({type(e).__name__}: "
+                       f"{str(e)[:120]})") from None
 
 
 def load_template(name_or_path: str | Path) -> Template:
