@@ -186,3 +186,16 @@ def test_run_classical_job_reports_an_unreadable_image_and_does_the_rest(tmp_pat
         for r in p.images():
             placed = [q for q in p.points(r.id) if q.status is Status.PREDICTED]
             assert len(placed) == (0 if r.name in ("phantom_000.png", "phantom_002.png") else 12)
+
+
+def test_confidence_patches_are_centred_on_the_landmark() -> None:
+    """A one-pixel impulse at the landmark is the centre pixel of its patch (the classical
+    preview's patch used to come from the mirrored position, without WARP_INVERSE_MAP)."""
+    from lmk_studio.engine.patches import patch_at
+
+    img = np.zeros((64, 80), np.float32)
+    img[20, 30] = 1.0
+    p = patch_at(img, (30.0, 20.0), 3)
+    assert p.shape == (7, 7) and p[3, 3] == 1.0 and p.sum() == 1.0
+    q = patch_at(img, (29.5, 20.0), 3)  # half a pixel left: shared by two centre pixels
+    assert q[3, 3] == pytest.approx(0.5) and q[3, 4] == pytest.approx(0.5)

@@ -33,6 +33,7 @@ import numpy as np
 
 from lmk_studio.core.errors import LmkError
 from lmk_studio.core.points import LandmarkPoint, Source, Status
+from lmk_studio.engine.patches import patch_at
 
 RUN_KIND = "classical"
 
@@ -181,10 +182,6 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / d) if d > 1e-9 else 0.0
 
 
-def _patch(img: np.ndarray, c: np.ndarray, r: int) -> np.ndarray:
-    m = np.float32([[1, 0, c[0] - r], [0, 1, c[1] - r]])
-    return cv2.warpAffine(img, m, (2 * r + 1, 2 * r + 1), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REFLECT)
 
 
 def classical_propagate(ex_img: np.ndarray, ex_pts: np.ndarray, img: np.ndarray, *,
@@ -240,7 +237,7 @@ def classical_propagate(ex_img: np.ndarray, ex_pts: np.ndarray, img: np.ndarray,
                         borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
     r = max(3, round(p.ncc_radius * max(h, w)))
     exf = exu.astype(np.float32)
-    ncc = np.array([_ncc(_patch(exf, c, r), _patch(aligned, c, r)) for c in pw])
+    ncc = np.array([_ncc(patch_at(exf, c, r), patch_at(aligned, c, r)) for c in pw])
     fb_tol = max(0.5, p.fb_scale * max(h, w))
     conf = np.clip(ncc, 0.0, 1.0) * np.exp(-fb / fb_tol)
     bad = ok & ~(np.isfinite(out).all(axis=1) & np.isfinite(conf))

@@ -23,6 +23,7 @@ from lmk_studio.engine.common import (
     ProgressEvent,
     no_progress,
 )
+from lmk_studio.engine.patches import patch_at
 
 from .config import PassConfig, Stage1Config
 from .trainer import PassData, PassTrainer, downscale, full_to_small, resize_to, small_to_full
@@ -159,10 +160,6 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / d) if d > 1e-9 else 0.0
 
 
-def _patch(img: np.ndarray, c: np.ndarray, r: int) -> np.ndarray:
-    m = np.float32([[1, 0, c[0] - r], [0, 1, c[1] - r]])
-    return cv2.warpAffine(img, m, (2 * r + 1, 2 * r + 1), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REFLECT)
 
 
 def confidence(full_small: list[np.ndarray], scale: float, ex: int, ex_pts: np.ndarray,
@@ -178,7 +175,7 @@ def confidence(full_small: list[np.ndarray], scale: float, ex: int, ex_pts: np.n
                 conf[k, j] = 1.0 if k == ex else 0.0
                 continue
             p = (pts[k, j] + 0.5) / scale - 0.5
-            ncc = _ncc(_patch(full_small[ex], e_s[j], radius), _patch(img, p, radius))
+            ncc = _ncc(patch_at(full_small[ex], e_s[j], radius), patch_at(img, p, radius))
             d = disagreement[k, j] if np.isfinite(disagreement[k, j]) else tol_px
             conf[k, j] = max(0.0, ncc) * float(np.exp(-d / tol_px))
     return conf
