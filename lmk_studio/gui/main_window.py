@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QByteArray, QRectF, Qt, QThreadPool, QTimer
+from PySide6.QtCore import QByteArray, QEvent, QObject, QRectF, Qt, QThreadPool, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QUndoStack
 from PySide6.QtWidgets import (
+    QAbstractButton,
+    QApplication,
     QDockWidget,
     QFileDialog,
     QInputDialog,
@@ -65,6 +67,17 @@ STAGE_OVERLAYS = {  # overlay key -> (run kinds, colour, symbol, words)
     "stage1": (("stage1", "stage1-predict"), "#00e5ff", "t", "Stage I"),
     "stage2": (("stage2", "stage2-predict"), "#ff66cc", "x", "Stage II"),
 }
+
+
+def _is_text_input(w: Any) -> bool:
+    """A widget the user types into: Space and Return belong to it."""
+    from PySide6.QtWidgets import QAbstractSpinBox, QComboBox, QLineEdit, QPlainTextEdit, QTextEdit
+
+    if isinstance(w, QComboBox):
+        return w.isEditable()
+    if isinstance(w, QLineEdit | QAbstractSpinBox | QPlainTextEdit | QTextEdit):
+        return not w.isReadOnly()  # a log the user clicked into is not typing
+    return False
 
 
 def ensure_demo_project() -> Path:
@@ -159,6 +172,7 @@ class MainWindow(QMainWindow):
 
         self._build_actions()
         self._connect()
+        QApplication.instance().installEventFilter(self)  # review keys from every panel
         self._restore_geometry()
         self._show_workspace(False)
 
@@ -909,9 +923,41 @@ class MainWindow(QMainWindow):
 
     def _typing(self) -> bool:
         """Return in a text field must not accept a landmark (line edits don't claim it)."""
-        from PySide6.QtWidgets import QAbstractSpinBox, QApplication, QLineEdit, QPlainTextEdit
+        from PySide6.QtWidgets import QApplication
 
-        return isinstance(QApplication.focusWidget(), QLineEdit | QAbstractSpinBox | QPlainTextEdit)
+        return _is_text_input(QApplication.focusWidget())
+
+    def _review_key(self, ev: Any) -> Any:
+        """The review action a key press means (Space, Shift+Space, Return, Shift+Return)."""
+        key, mods = ev.key(), ev.modifiers() & ~Qt.KeyboardModifier.KeypadModifier
+        shift = mods == Qt.KeyboardModifier.ShiftModifier
+        if mods not in (Qt.KeyboardModifier.NoModifier, Qt.KeyboardModifier.ShiftModifier):
+            return None
+        if key == Qt.Key.Key_Space:
+            return self.review_previous if shift else self.review_next
+        if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            return self.accept_image if shift else self.accept_point
+        return None
+
+    def eventFilter(self, obj: QObject, ev: QEvent) -> bool:  # noqa: N802 - Qt's name
+        """Review keys from every panel: a list, table or combo box with the focus takes Space
+        and Return for itself (select, open), so the window's shortcuts never saw them after a
+        click in the Images list. Text fields keep them for typing, and a focused button keeps
+        Space/Return to be pressed from the keyboard."""
+        t = ev.type()
+        if (t in (QEvent.Type.ShortcutOverride, QEvent.Type.KeyPress) and obj.isWidgetType()
+                and self.doc.project is not None and obj.window() is self
+                and not _is_text_input(obj) and not isinstance(obj, QAbstractButton)):
+            action = self._review_key(ev)
+            if action is not None:
+                if t == QEvent.Type.KeyPress:
+                    if not ev.isAutoRepeat() or action in (self.review_next,
+                                                           self.review_previous):
+                        action()
+                else:
+                    ev.accept()  # the key press comes to this filter, not the shortcut map
+                return True
+        return super().eventFilter(obj, ev)
 
     def accept_point(self) -> None:
         iid = self.doc.image_id
