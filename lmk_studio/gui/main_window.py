@@ -334,6 +334,7 @@ class MainWindow(QMainWindow):
         self.review.accept_point.connect(self.accept_point)
         self.review.accept_image.connect(self.accept_image)
         self.review.retrain.connect(self.retrain)
+        self.review.next_step.connect(self.do_next_step)
         self.start.new_requested.connect(self.new_project_dialog)
         self.start.open_requested.connect(lambda p: self.open_project_dialog(p or None))
         self.start.demo_requested.connect(self.open_demo)
@@ -695,6 +696,7 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ image display
     def _image_changed(self, image_id: int) -> None:
+        self.update_next_step()  # "Go to the exemplar" only away from it
         if image_id < 0 or self.doc.project is None:
             self.canvas.set_image(None)
             self.canvas.set_points([])
@@ -785,6 +787,67 @@ class MainWindow(QMainWindow):
             txt += (f"  ·  reviewed {s.images_reviewed}/{s.images_total} images, "
                     f"{s.points_reviewed}/{s.points_total} landmarks")
         self.progress_label.setText(txt)
+        self.update_next_step()
+
+    def update_next_step(self) -> None:
+        """The Review panel's hint and button: always one visible next step."""
+        set_step = self.review.set_next_step
+        proj = self.doc.project
+        if proj is None:
+            set_step("")
+            return
+        ex = self.doc.exemplar_id
+        tp = self.training
+        if ex is None:
+            set_step("Place the landmarks on one image: it becomes the exemplar (the one image "
+                     "you annotate by hand).")
+            return
+        if not self.doc.exemplar_complete():
+            pts = self.doc.points(ex)
+            done = sum(p.status is not Status.UNLABELLED for p in pts)
+            set_step(f"Finish the exemplar ({done} of {len(pts)} landmarks): place each one, or "
+                     "mark it absent (X).",
+                     None if self.doc.image_id == ex else "Go to the exemplar", "exemplar")
+            return
+        if hasattr(tp, "is_running") and tp.is_running():
+            set_step("A job is running in the Training panel; its points appear here when it "
+                     "ends.")
+            return
+        s = self.doc.review_summary()
+        if s.points_total == 0:
+            set_step("No predictions yet: the preview predicts every image in seconds.",
+                     "Run the preview", "preview")
+            return
+        if self.review.items:
+            trained = any(r.kind in ("stage1", "stage2") and r.status == "finished"
+                          for r in proj.runs())
+            if not trained:
+                set_step("Press Space to review, least confident first. The preview is rough: "
+                         "train for better accuracy.", "Train for better accuracy…", "train")
+            else:
+                set_step("Press Space to review, least confident first (Return accepts, drag "
+                         "corrects).", "Review the next point (Space)", "review")
+            return
+        set_step("Every prediction is reviewed: export the landmarks.", "Export…", "export")
+
+    def do_next_step(self, key: str) -> None:
+        """The Review panel's next-step button."""
+        if key == "preview":
+            self.run_preview()
+        elif key == "train":
+            tp = self.training
+            self.dock_training.show()
+            self.dock_training.raise_()
+            if hasattr(tp, "job_combo"):
+                tp.job_combo.setCurrentIndex(tp.job_combo.findData("all"))
+            self.statusBar().showMessage("Training: check the preset and its time estimate, "
+                                         "then Start.", 10000)
+        elif key == "review":
+            self.review_next()
+        elif key == "export":
+            self.export_dialog()
+        elif key == "exemplar" and self.doc.exemplar_id is not None:
+            self.doc.set_image(self.doc.exemplar_id)
 
     def _overlays_toggled(self, _on: bool = False) -> None:
         self._update_overlays()
@@ -1086,12 +1149,14 @@ class MainWindow(QMainWindow):
 
     def _training_started(self, job: str) -> None:
         self.statusBar().showMessage(f"Background job started: {job}", 5000)
+        self.update_next_step()
 
     def _job_starting(self, spec: dict) -> None:
         """Remember what the job starts from (the exemplar, the reviewed points) and which run
         the user sees now: the finished runs are checked against both."""
         if self.doc.project is None:
             return
+        QTimer.singleShot(0, self.update_next_step)  # "a job is running", once it is
         pts = self.doc.all_points()
         ex = self.doc.exemplar_id
         self._job_inputs = history.fingerprint(pts, ex)

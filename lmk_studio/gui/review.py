@@ -54,6 +54,7 @@ class ReviewPanel(QWidget):
     accept_point = Signal()
     accept_image = Signal()
     retrain = Signal()
+    next_step = Signal(str)  # the key of the next-step button (see set_next_step)
 
     def __init__(self, doc: Document, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -64,6 +65,17 @@ class ReviewPanel(QWidget):
         self._last_pos = 0
         self.progress_label = QLabel()
         self.progress_label.setObjectName("reviewProgress")
+        self.progress_label.setWordWrap(True)
+        # the next step, always in view: a one-line hint and, where there is one, its button
+        self.next_label = QLabel()
+        self.next_label.setObjectName("nextStepHint")
+        self.next_label.setWordWrap(True)
+        self.next_button = QPushButton()
+        self.next_button.setObjectName("nextStepButton")
+        self.next_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.next_button.hide()
+        self._next_key = ""
+        self.next_button.clicked.connect(lambda: self.next_step.emit(self._next_key))
         self.progress_bar = QProgressBar()
         self.tree = QTreeWidget()
         self.tree.setObjectName("reviewTree")
@@ -97,6 +109,8 @@ class ReviewPanel(QWidget):
             b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
+        lay.addWidget(self.next_label)
+        lay.addWidget(self.next_button)
         lay.addWidget(self.progress_label)
         lay.addWidget(self.progress_bar)
         lay.addLayout(grid)
@@ -104,6 +118,14 @@ class ReviewPanel(QWidget):
         doc.project_changed.connect(self.reset_order)
         doc.points_changed.connect(self._points_changed)
         doc.images_changed.connect(self.refresh)
+
+    def set_next_step(self, hint: str, button: str | None = None, key: str = "") -> None:
+        """What to do next, in one line, and the button that does it (None: no button)."""
+        self.next_label.setText(hint)
+        self._next_key = key
+        self.next_button.setVisible(bool(button))
+        if button:
+            self.next_button.setText(button)
 
     def reset_order(self) -> None:
         """Order afresh by confidence (new project or new predictions). Between resets the
@@ -215,8 +237,7 @@ class ReviewPanel(QWidget):
     def _update_summary(self) -> None:
         s = self.doc.review_summary() if self.doc.project is not None else None
         if s is None or s.points_total == 0:
-            self.progress_label.setText("Nothing to review yet: predictions appear here after "
-                                        "a training or the classical preview.")
+            self.progress_label.setText("Nothing to review yet.")
             self.progress_bar.setRange(0, 1)
             self.progress_bar.setValue(0)
         else:
