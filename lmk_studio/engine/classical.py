@@ -308,10 +308,77 @@ def _earlier_choice(proj: Any, names: Sequence[str], primary: str):
     return None
 
 
+def _fuse_sources(proj: Any, done: list, finals: list, scores: list, choice: Any,
+                  cparams: Any, params: ClassicalParams, fparams: Any, ex_id: int,
+                  ex_img: np.ndarray, ex_pts: np.ndarray, sources: dict[int, np.ndarray],
+                  src_imgs: dict[int, np.ndarray], thumbs: dict[int, Any], progress: Any,
+                  cancel: Any, faults: list[str]) -> tuple[list, dict[str, Any]]:
+    """The second pass of a preview with several trusted images: for each target, the estimates
+    from its k sources (the exemplar's, already chosen, plus engine.fusion.source_estimate from
+    the others with the same per-landmark candidate kind) fused per landmark.
+
+    Why a second pass: the candidate kind per landmark is decided over the whole folder from the
+    exemplar's candidates, so the other sources can only apply it once every target has been
+    seen; the targets are loaded again rather than all held in memory."""
+    from lmk_studio.engine import fusion as fmod
+    from lmk_studio.engine.common import EtaClock, ProgressEvent
+
+    order = [ex_id, *src_imgs]
+    tgt_ids = [rec.id for rec, *_ in done]
+    pick: dict[int, list[int]] = {}
+    if 1 + len(src_imgs) > fparams.k:
+        ids = order + tgt_ids
+        sim = fmod.similarity_matrix([thumbs.get(i) for i in ids])
+        for t, tid in enumerate(tgt_ids, start=len(order)):
+            chosen = fmod.pick_sources(sim, t, range(len(order)), 0, fparams.k)
+            pick[tid] = [order[c] for c in chosen if c != 0]
+    else:
+        pick = {tid: list(src_imgs) for tid in tgt_ids}
+    clock = EtaClock(len(done))
+    out, spreads, n_src = [], [], []
+    for i, ((rec, _p, _c, cs), (_r, pts, conf)) in enumerate(zip(done, finals, strict=True)):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        if cs is not None and choice is not None:
+            sc0 = np.array([scores[i][cs.index(nm), j] if nm in cs.names else np.nan
+                            for j, nm in enumerate(choice.chosen_names())])
+        else:
+            sc0 = np.asarray(conf, dtype=np.float64)
+        est_p, est_s, est_c = [pts], [sc0], [conf]
+        try:
+            img = _load(rec.path)
+            for sid in pick.get(rec.id, []):
+                if choice is not None and cparams is not None:
+                    p_s, s_s, c_s = fmod.source_estimate(src_imgs[sid], sources[sid], img,
+                                                         choice, cparams, params)
+                else:
+                    p_s, c_s = classical_propagate(src_imgs[sid], sources[sid], img,
+                                                   params=params)
+                    s_s = c_s
+                est_p.append(p_s)
+                est_s.append(s_s)
+                est_c.append(c_s)
+        except (LmkError, ValueError, cv2.error) as exc:
+            faults.append(f"{rec.name}: the other trusted images could not be used ({exc}); "
+                          "the exemplar's estimate is kept")
+        fp, fc, sp = fmod.fuse(np.stack(est_p), np.stack(est_s), np.stack(est_c),
+                               float(max(img.shape)) if len(est_p) > 1 else 1.0, fparams)
+        keep = ~np.isfinite(fp).all(-1)
+        fp[keep] = pts[keep]
+        out.append((rec, fp, fc))
+        spreads.append(sp)
+        n_src.append(len(est_p))
+        progress(ProgressEvent(stage="classical-fusion", epoch=0, epochs=1, step=i + 1,
+                               steps=len(done), eta_s=clock.eta(i + 1),
+                               message=f"fusing {len(est_p)} trusted images on {rec.name}"))
+    return out, {"trusted_images": len(order), "sources_per_target": float(np.mean(n_src)),
+                 "mean_spread_px": float(np.mean(spreads)) if spreads else None}
+
+
 def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
                       images: Sequence[int] | None = None,
                       params: ClassicalParams = DEFAULT,
-                      candidates: Any = "default") -> int:
+                      candidates: Any = "default", fusion: Any = "default") -> int:
     """Preview every (or the given) non-exemplar image of a project; returns the run id.
 
     With `candidates` (engine.candidates.CandidateParams; "default" = its defaults; None = the
@@ -325,11 +392,21 @@ def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
     own transaction, so a crash while writing keeps the images done), re-reading the current
     points just before each write so trusted (exemplar, accepted, corrected) and ABSENT points
     are never overwritten. Every prediction also goes to the run's history (record_predictions).
+
+    Every trusted image (engine.fusion.trusted_sources: the exemplar and each image whose points
+    are all accepted / corrected / absent) is a source: `fusion` (engine.fusion.FusionParams;
+    "default" = its defaults; None = the exemplar alone) propagates from up to `k` of them (the
+    exemplar and the most similar others) to each other image and fuses the estimates per
+    landmark; trusted images are not previewed. With the exemplar as the only trusted image the
+    result is the single-exemplar preview, unchanged. The run's config records the sources and
+    their signature (engine.jobs re-runs the preview when the corrections change).
     """
     from lmk_studio.engine import candidates as cmod
+    from lmk_studio.engine import fusion as fmod
     from lmk_studio.engine.common import Cancelled, EtaClock, ProgressEvent, no_progress
 
     cparams = cmod.DEFAULT_CANDIDATES if candidates == "default" else candidates
+    fparams = fmod.DEFAULT_FUSION if fusion == "default" else fusion
 
     progress = progress or no_progress
     proj, owned = _open(project)
@@ -345,15 +422,24 @@ def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
         if not np.isfinite(ex_pts).all(axis=1).any():
             raise LmkError(f"{proj.path}: the exemplar has no placed landmarks yet")
         ex_rec = proj.image(ex_id)
+        sources = fmod.trusted_sources(proj)
+        sources[ex_id] = ex_pts
+        extra_ids = [i for i in sources if i != ex_id] if fparams is not None else []
         wanted = None if images is None else {int(i) for i in images}
+        # a fully trusted image has nothing to preview: it is a source, never a target
         todo = [r for r in proj.images()
-                if r.id != ex_id and (wanted is None or r.id in wanted)]
+                if r.id != ex_id and r.id not in sources and (wanted is None or r.id in wanted)]
         method = "ECC affine + DIS optical flow"
         if cparams is not None:
             method += " + per-landmark candidate choice (engine.candidates)"
+        if extra_ids:
+            method += f" + fusion over {1 + len(extra_ids)} trusted images (engine.fusion)"
         run_id = proj.start_run(RUN_KIND, {
             "method": method, "params": asdict(params), "exemplar": ex_id, "images": len(todo),
-            "candidates": asdict(cparams) if cparams is not None else None})
+            "candidates": asdict(cparams) if cparams is not None else None,
+            "fusion": asdict(fparams) if fparams is not None else None,
+            "sources": [ex_id, *extra_ids],
+            "trusted_signature": fmod.signature(sources)})
         faults: list[str] = []
         written = kept = 0
         confs: list[float] = []
@@ -364,6 +450,20 @@ def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
             except LmkError as exc:
                 raise LmkError(f"the exemplar image cannot be loaded: {exc}") from exc
             clock = EtaClock(len(todo))
+            src_imgs: dict[int, np.ndarray] = {}
+            for sid in extra_ids:
+                try:
+                    src_imgs[sid] = _load(proj.image(sid).path)
+                except LmkError as exc:
+                    faults.append(f"trusted image {proj.image(sid).name} not used as a source: "
+                                  f"{exc}")
+            # with more trusted images than a target may use, pick the most similar ones
+            need_thumbs = fparams is not None and 1 + len(src_imgs) > fparams.k
+            thumbs: dict[int, Any] = {}
+            if need_thumbs:
+                thumbs[ex_id] = fmod.thumbnail(ex_img)
+                for sid, im in src_imgs.items():
+                    thumbs[sid] = fmod.thumbnail(im)
             done: list[tuple[Any, np.ndarray, np.ndarray, Any]] = []  # rec, pts, conf, cands
             scores: list[np.ndarray] = []
             for k, rec in enumerate(todo):
@@ -373,6 +473,8 @@ def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
                 # each image's failure is its own: named, skipped, the rest predicted
                 try:
                     img = _load(rec.path)
+                    if need_thumbs:
+                        thumbs[rec.id] = fmod.thumbnail(img)
                     if cparams is None:
                         pts, conf = classical_propagate(ex_img, ex_pts, img, params=params)
                         done.append((rec, pts, conf, None))
@@ -406,10 +508,18 @@ def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
                     "landmarks": list(proj.template.names),
                     "gain_over_primary": [[round(float(g), 4) if np.isfinite(g) else None
                                            for g in row] for row in choice.gains]}
+            finals = []
             for i, (rec, pts, conf, cs) in enumerate(done):
                 if choice is not None:
                     pts, conf = cmod.apply_choice(cs, choice), cmod.choice_confidence(
                         cs, choice, scores[i], conf)
+                finals.append((rec, pts, conf))
+            fusion_metrics = None
+            if src_imgs and done and fparams is not None:
+                finals, fusion_metrics = _fuse_sources(
+                    proj, done, finals, scores, choice, cparams, params, fparams, ex_id,
+                    ex_img, ex_pts, sources, src_imgs, thumbs, progress, cancel, faults)
+            for rec, pts, conf in finals:
                 history, rows = [], []
                 for j in range(n):
                     if not np.isfinite(pts[j]).all():
@@ -440,7 +550,7 @@ def run_classical_job(project: Any, progress: Any = None, cancel: Any = None,
                         metrics={"images": len(per_image), "points_written": written,
                                  "kept_trusted_or_absent": kept, "faults": faults,
                                  "mean_confidence": float(np.mean(confs)) if confs else None,
-                                 "candidates": chosen_metrics},
+                                 "candidates": chosen_metrics, "fusion": fusion_metrics},
                         timings={"total_s": float(sum(per_image)),
                                  "per_image_s": float(np.mean(per_image)) if per_image else None})
         return run_id
