@@ -90,6 +90,16 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("project", help="project file (or a folder of images)")
     s.add_argument("--top", type=int, default=10, help="rows to print (0 = all; default 10)")
     s.add_argument("--json", help="write the whole ranking here")
+
+    s = sub.add_parser("suggest-corrections",
+                       help="which images to correct next (each corrected image becomes an "
+                       "exemplar for the others)")
+    s.add_argument("project", help="project file")
+    s.add_argument("--by", default="help", choices=["help", "confidence"],
+                   help="help: expected help to the uncorrected images (default); "
+                   "confidence: lowest confidence first (the review queue)")
+    s.add_argument("--top", type=int, default=10, help="rows to print (0 = all; default 10)")
+    s.add_argument("--json", help="write the whole order here")
     return p
 
 
@@ -109,7 +119,7 @@ def _split_project_to_open(argv: list[str]) -> tuple[list[str], str | None]:
 
 
 _COMMANDS = ("new", "import", "export", "evaluate", "info", "demo", "train", "predict",
-             "suggest-exemplar")
+             "suggest-exemplar", "suggest-corrections")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """CLI command handlers, one module per area so the CLI never imports torch or Qt needlessly.
 
 Owners: project_cmds (new, info), io_cmds (import, export), evaluate_cmd, demo_cmd,
-train_cmds (train, predict), exemplar_cmd (suggest-exemplar). Each `cmd_*` takes the parsed
+train_cmds (train, predict), exemplar_cmd (suggest-exemplar), corrections_cmd
+(suggest-corrections). Each `cmd_*` takes the parsed
 argparse namespace and returns an exit code.
 """
 
@@ -60,5 +61,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_suggest_exemplar(args: argparse.Namespace) -> int:
     from lmk_studio.commands.exemplar_cmd import cmd_suggest_exemplar as f
+
+    return f(args)
+
+
+def cmd_suggest_corrections(args: argparse.Namespace) -> int:
+    from lmk_studio.commands.corrections_cmd import cmd_suggest_corrections as f
 
     return f(args)

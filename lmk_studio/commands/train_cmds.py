@@ -253,6 +253,11 @@ def _train(proj, stage: str, preset: str | None, device: str, resume: bool,
         chosen = {"stage1": _preset_for("1", preset), "stage2": _preset_for("2", preset)}
     if stage == "all" and not has_finished_run(proj, ("classical",)):
         bar.note("no classical preview yet: running it first")
+    if stage == "all":
+        # the cost before the start: images, trusted sources, steps, estimated time
+        from lmk_studio.engine.jobs import plan_job
+
+        bar.note(plan_job(proj, job, chosen, resume=resume, seed=seed)["words"])
     return run_job(proj, job, chosen, device, resume, seed, progress=bar, cancel=token)
 
 

@@ -259,3 +259,57 @@ def greedy_coverage(sim: np.ndarray, trusted: Sequence[int], candidates: Sequenc
         out.append((int(c), float(gains[b])))
         cover = np.maximum(cover, sim[:, c])
     return out
+
+
+CORRECTION_ORDERS = ("help", "confidence")
+
+
+def correction_order(proj: Any, by: str = "help") -> dict[str, Any]:
+    """The project's uncorrected images in the order to correct them (store read only).
+
+    by "help": greedy_coverage on the groupwise-aligned thumbnails (value = the expected gain);
+    by "confidence": lowest mean confidence of the image's predicted points first (the review
+    queue's order; an image without predictions first of all, value 0). Returns {"by", "order":
+    [{"image_id", "name", "value"}], "trusted": [ids], "skipped": [(name, why)], "seconds"}."""
+    import time
+
+    from lmk_studio.core.errors import LmkError
+    from lmk_studio.core.images import load_image
+
+    if by not in CORRECTION_ORDERS:
+        raise LmkError(f"unknown order {by!r}: use one of {', '.join(CORRECTION_ORDERS)}")
+    t0 = time.perf_counter()
+    trusted = trusted_sources(proj)
+    recs = [r for r in proj.images() if not r.missing]
+    skipped = [(r.name, "file missing") for r in proj.images() if r.missing]
+    rows: list[dict[str, Any]] = []
+    if by == "confidence":
+        allp = proj.all_points()
+        for r in recs:
+            if r.id in trusted:
+                continue
+            c = [p.confidence for p in allp.get(r.id, [])
+                 if p.placed and not p.status.is_trusted and p.confidence is not None]
+            rows.append({"image_id": r.id, "name": r.name,
+                         "value": float(np.mean(c)) if c else 0.0})
+        rows.sort(key=lambda d: (d["value"], d["name"]))
+    else:
+        thumbs, used = [], []
+        for r in recs:
+            try:
+                t = thumbnail(load_image(r.path).normalized())
+            except (LmkError, OSError, ValueError) as exc:
+                skipped.append((r.name, str(exc)))
+                continue
+            if t is None:
+                skipped.append((r.name, "blank image"))
+                continue
+            thumbs.append(t)
+            used.append(r)
+        sim = similarity_matrix(thumbs)
+        tr = [k for k, r in enumerate(used) if r.id in trusted]
+        cand = [k for k, r in enumerate(used) if r.id not in trusted]
+        rows = [{"image_id": used[k].id, "name": used[k].name, "value": g}
+                for k, g in greedy_coverage(sim, tr, cand)]
+    return {"by": by, "order": rows, "trusted": sorted(trusted), "skipped": skipped,
+            "seconds": time.perf_counter() - t0}

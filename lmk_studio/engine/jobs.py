@@ -108,19 +108,139 @@ def _newest(project: Any, kinds: Sequence[str]):
     return max(runs, key=lambda r: r.id) if runs else None
 
 
-def _plan(proj: Any, job: str, resume: bool) -> list[str]:
-    """Steps of the job in order. For "all": the classical preview only when none finished yet;
-    with resume, a Stage I that already finished after being interrupted is not redone."""
+def _newest_finished(proj: Any, kinds: Sequence[str]):
+    runs = [r for r in proj.runs() if r.kind in kinds and r.status in _FINISHED]
+    return max(runs, key=lambda r: r.id) if runs else None
+
+
+def _preview_stale(proj: Any, sig: str, n_trusted: int) -> bool:
+    """True when the newest finished preview did not start from the current trusted images
+    (a correction was made or undone since). A preview from before fusion recorded no
+    signature: stale only if there are trusted images beyond the exemplar now."""
+    cl = _newest_finished(proj, ("classical",))
+    if cl is None:
+        return True
+    had = (cl.config or {}).get("trusted_signature")
+    return (n_trusted > 1) if had is None else had != sig
+
+
+def _stage1_stale(proj: Any, sig: str, preset: str | None, seed: int | None) -> bool:
+    """True when Stage I must be trained again: none finished, a preview (its start) finished
+    after it, the trusted images changed since, or another preset / seed was asked for."""
+    s1 = _newest_finished(proj, ("stage1",))
+    if s1 is None:
+        return True
+    cl = _newest_finished(proj, ("classical",))
+    cfg = s1.config or {}
+    if cl is not None and cl.id > s1.id:
+        return True
+    if cfg.get("trusted_signature") != sig:
+        return True
+    if seed is not None and cfg.get("seed") != int(seed):
+        return True
+    try:
+        from lmk_studio.engine.stage1 import load_preset
+
+        name = load_preset(preset).name
+    except LmkError:
+        return True
+    return cfg.get("preset") != name
+
+
+def _plan(proj: Any, job: str, resume: bool, preset: str | None = None,
+          seed: int | None = None) -> list[str]:
+    """Steps of the job in order. For "all" (also the app's "Retrain with my corrections"),
+    only what changed is re-run: the classical preview when none finished yet or the trusted
+    images (exemplar, fully accepted / corrected images: engine.fusion) changed since the newest
+    one; Stage I when its start (that preview) or the trusted images changed, or another preset
+    or seed is asked for; Stage II always (its labelled set is every trusted point). With
+    resume, a Stage I that already finished after being interrupted is not redone."""
     if job != "all":
         return [job]
-    steps = [] if has_finished_run(proj, ("classical",)) else ["classical"]
+    from lmk_studio.engine import fusion
+
+    src = fusion.trusted_sources(proj)
+    sig = fusion.signature(src)
+    steps = ["classical"] if _preview_stale(proj, sig, len(src)) else []
     newest = _newest(proj, ("stage1", "stage2"))
     if resume and newest is not None and newest.kind == "stage2" and newest.status not in _FINISHED:
         s1 = _newest(proj, ("stage1",))
         if s1 is not None and s1.status in _FINISHED:
             log.info("resume: Stage I run %d finished; resuming Stage II", s1.id)
             return steps + ["stage2"]
-    return steps + ["stage1", "stage2"]
+    if steps or resume or _stage1_stale(proj, sig, preset, seed):
+        return steps + ["stage1", "stage2"]
+    log.info("Stage I is up to date with the trusted images and its start: not re-trained")
+    return ["stage2"]
+
+
+#: seconds per image when the project has no finished run of a step to measure from (2 cores)
+_DEFAULT_S_PER_IMAGE = {"classical": 1.0, "stage1": 3.0, "stage2": 2.5}
+#: an extra source costs this fraction of the exemplar's full candidate set (measured ~0.5-0.6)
+_EXTRA_SOURCE_COST = 0.6
+
+
+def plan_job(project: Any, job: str, preset: Preset = None, resume: bool = False,
+             seed: int | None = None) -> dict[str, Any]:
+    """What `run_job(project, job, preset)` is about to do and roughly how long it will take,
+    without doing it: {"steps", "images", "trusted", "targets", "sources_per_target",
+    "seconds": {step: s}, "total_s", "words"}. Shown before a start (CLI line, the app's
+    confirmation) so a clinician knows what a retrain costs.
+
+    Times are scaled from the project's own newest finished run of each step (per image), else a
+    2-core default; the preview's time grows with the sources per target."""
+    chosen = check_presets(job, preset)
+    proj, owned = _open(project)
+    try:
+        from lmk_studio.engine import fusion
+
+        steps = _plan(proj, job, resume, chosen.get("stage1"), seed)
+        recs = proj.images()
+        src = fusion.trusted_sources(proj)
+        targets = [r for r in recs if r.id not in src]
+        k = min(fusion.DEFAULT_FUSION.k, max(1, len(src)))
+        secs: dict[str, float] = {}
+        for step in steps:
+            kind = {"predict-stage1": "stage1-predict",
+                    "predict-stage2": "stage2-predict"}.get(step, step)
+            last = _newest_finished(proj, (kind,))
+            per = _DEFAULT_S_PER_IMAGE.get(step.replace("predict-", ""), 1.0)
+            if last is not None:
+                t = (last.timings or {})
+                m = (last.metrics or {})
+                total = t.get("total_s") or (t.get("train_s", 0) + t.get("predict_s", 0))
+                n_img = m.get("images") or 0
+                if step == "classical" and t.get("per_image_s"):
+                    per = float(t["per_image_s"])
+                    nsrc = float(((m.get("fusion") or {}).get("sources_per_target")) or 1.0)
+                    per /= 1.0 + _EXTRA_SOURCE_COST * (nsrc - 1.0)
+                elif total and n_img:
+                    per = float(total) / float(n_img)
+            if step == "classical":
+                secs[step] = len(targets) * per * (1.0 + _EXTRA_SOURCE_COST * (k - 1))
+            else:
+                secs[step] = len(recs) * per
+        total_s = float(sum(secs.values()))
+        words = (f"{JOBS.get(job, job)}: {len(recs)} images, {len(src)} trusted (the exemplar"
+                 f"{f' + {len(src) - 1} corrected/accepted' if len(src) > 1 else ''}); ")
+        parts = []
+        for step in steps:
+            if step == "classical":
+                parts.append(f"preview of {len(targets)} untrusted images from up to {k} "
+                             f"trusted image(s) each (~{_mins(secs[step])})")
+            else:
+                parts.append(f"{JOBS[step].split(':')[0]} (~{_mins(secs[step])})")
+        words += ", then ".join(parts) + f"; about {_mins(total_s)} in all"
+        return {"steps": steps, "images": len(recs), "trusted": len(src),
+                "targets": len(targets), "sources_per_target": k, "seconds": secs,
+                "total_s": total_s, "words": words}
+    finally:
+        if owned:
+            proj.close()
+
+
+def _mins(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min"
 
 
 def run_job(project_path: Any, job: str, preset: Preset = None, device: str = "auto",
@@ -129,8 +249,9 @@ def run_job(project_path: Any, job: str, preset: Preset = None, device: str = "a
             images: Sequence[int] | None = None, start: str = "auto") -> list[int]:
     """Run `job` on the project (a path or an open Project) and return the run ids it wrote.
 
-    Jobs: "classical", "stage1", "stage2", "all" (classical preview if none finished yet, then
-    Stage I, then Stage II), "predict-stage1", "predict-stage2". `images` limits the classical
+    Jobs: "classical", "stage1", "stage2", "all" (what changed since the newest runs, see
+    `_plan`: the fused classical preview when the trusted images changed, Stage I when its start
+    did, then Stage II; the app's "Retrain with my corrections" is this job), "predict-stage1", "predict-stage2". `images` limits the classical
     and predict jobs to those image ids; without it the predict jobs do the images their model
     has not predicted yet. "predict-stage2" first gives start points to the images that have
     none, on those images only: with the trained Stage I model (`start` "stage1", or "auto" when
@@ -145,7 +266,8 @@ def run_job(project_path: Any, job: str, preset: Preset = None, device: str = "a
         if job == "predict-stage2":
             planned = _predict_plan(proj, images, start)
         else:
-            planned = [(s, images) for s in _plan(proj, job, resume)]
+            planned = [(s, images) for s in _plan(proj, job, resume, chosen.get("stage1"),
+                                                  seed)]
         steps = [s for s, _ in planned]
         run_ids: list[int] = []
         resumed = False

@@ -69,6 +69,24 @@ def _classical_points(proj, ids: Sequence[int], n: int) -> np.ndarray | None:
     return out
 
 
+def _trusted_starts(proj, ids: Sequence[int], ex: int, start: np.ndarray) -> int:
+    """Every trusted point (accepted, corrected) is its image's start, in place; returns how many.
+
+    Why: the start is what the consensus hops carry from a neighbour to an image; a corrected
+    neighbour then carries the clinician's point instead of its own propagation error (the
+    images themselves are never written: _write keeps trusted points). The fused preview
+    already put the trusted images' knowledge into the other images' starts."""
+    put = 0
+    for k, iid in enumerate(ids):
+        if k == ex:
+            continue
+        for p in proj.points(iid):
+            if p.status.is_trusted and p.placed and 0 <= p.index < start.shape[1]:
+                start[k, p.index] = (p.x, p.y)
+                put += 1
+    return put
+
+
 def train_stage1_job(project: Any, preset: str | None = "cpu", device: str = "auto",
                      resume: bool = False, seed: int | None = None,
                      progress: ProgressCallback = no_progress,
@@ -101,8 +119,13 @@ def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
                     d = checkpoints.resolve(proj, c, f"checkpoint folder of run {r.id}")
                     prev_dir = d if d.is_dir() else None
                 break
+    from lmk_studio.engine import fusion
+
+    trusted = fusion.trusted_sources(proj)
     run_id = proj.start_run(RUN_KIND, {"preset": cfg.name, "stage1": cfg.to_dict(), "seed": seed,
                                        "device": str(dev),
+                                       "trusted_signature": fusion.signature(trusted),
+                                       "trusted_images": sorted(trusted),
                                        "resumed_from": (checkpoints.to_stored(proj, prev_dir)
                                                         if prev_dir else None)})
     ckdir = prev_dir or (model_dir(proj) / f"stage1_run{run_id}")
@@ -132,6 +155,7 @@ def _train(proj, preset, device, resume, seed, progress, cancel) -> int:
         start = _classical_points(proj, ids, n) if cfg.start == "classical" else None
         if start is not None:
             start[ex] = ex_pts
+            _trusted_starts(proj, ids, ex, start)
         res = fit_stage1(full, ex, ex_pts, cfg, seed, dev, progress, cancel, ckdir,
                          prev_dir is not None, start)
         # the points first: they are what the user waited for; a model that cannot be saved

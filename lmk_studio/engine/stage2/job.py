@@ -53,12 +53,16 @@ def _open(project: Any):
 def _start_points(project, image_ids: Sequence[int], n: int) -> tuple[dict[int, np.ndarray], str]:
     """Per image: the newest Stage I points (training run or a later Stage I prediction), else
     the newest classical preview, else the image's current points that no human stands behind.
-    Images with none of these get all-NaN points."""
+    Images with none of these get all-NaN points.
+
+    A preview newer than the image's Stage I points wins: after corrections the fused preview
+    (engine.fusion, every trusted image an exemplar) is re-derived, and a Stage I from before
+    them must not hide it (the chain re-trains Stage I on it; Stage II alone takes it as is)."""
     out, src = runs.latest_points(project, image_ids, n, runs.STAGE1_KINDS)
-    rest = [i for i in image_ids if i not in out]
-    pre, src2 = runs.latest_points(project, rest, n, runs.CLASSICAL_KINDS)
-    out.update(pre)
-    src.update(src2)
+    pre, src2 = runs.latest_points(project, image_ids, n, runs.CLASSICAL_KINDS)
+    for iid, rid in src2.items():
+        if iid not in out or rid > src[iid]:
+            out[iid], src[iid] = pre[iid], rid
     current = 0
     for iid in image_ids:
         if iid in out:
