@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lmk_studio.core.phantoms import make_phantom_set
+from lmk_studio.engine import trust
 from lmk_studio.engine.candidates import (
     AFFINE,
     PREVIEW,
@@ -16,6 +17,7 @@ from lmk_studio.engine.candidates import (
     CandidateSet,
     apply_choice,
     choice_confidence,
+    choice_expected_error,
     choose_per_landmark,
     image_candidates,
     local_search,
@@ -68,9 +70,16 @@ def test_choice_confidence_takes_the_winners_score_off_the_primary(rod_set) -> N
     ch = choose_per_landmark(scores, cs.names)
     c = choice_confidence(cs, ch, sc, conf)
     assert c.shape == conf.shape and np.all((c >= 0) & (c <= 1))
-    rod = len(c) - 1
-    assert c[rod] == pytest.approx(np.clip(sc[ch.chosen[rod], rod], 0, 1))
-    assert np.array_equal(c[:rod], conf[:rod])
+    # engine.trust's map of the expected error, which can be read back from the confidence
+    e = choice_expected_error(cs, ch, sc)
+    assert np.all(np.isfinite(e)) and np.all(e >= 1.0)
+    assert np.allclose(c, trust.confidence_from_expected(e))
+    assert np.allclose(trust.expected_from_confidence(c), e)
+    # without a feature (a missing point) the engine's own confidence is kept
+    cs2 = CandidateSet(list(cs.names), cs.points.copy(), cs.linear.copy())  # fixture kept
+    cs2.points[:, 0] = np.nan
+    c2 = choice_confidence(cs2, ch, sc, conf)
+    assert c2[0] == conf[0]
 
 
 def test_choose_per_landmark_margin_primary_and_missing_points() -> None:

@@ -35,6 +35,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from lmk_studio.engine import trust
+
 UNREGISTERED = "unregistered"
 AFFINE = "affine"
 PREVIEW = "preview"
@@ -305,6 +307,9 @@ class Choice:
     chosen: np.ndarray
     gains: np.ndarray
     primary: str = PREVIEW
+    #: (C, N) folder median of each candidate's score (None when the choice was given, not
+    #: decided on a folder): engine.trust reads the systematic part of the score from it
+    folder_score: np.ndarray | None = None
 
     def chosen_names(self) -> list[str]:
         return [self.names[int(k)] for k in self.chosen]
@@ -327,11 +332,12 @@ def choose_per_landmark(scores: np.ndarray, names: Sequence[str], primary: str =
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         gains = np.nanmean(sc - sc[:, p:p + 1], axis=0)          # (C, N)
+        folder = np.nanmedian(sc, axis=0) if len(sc) >= trust.MIN_FOLDER else None
     gains = np.where(np.isfinite(gains), gains, -np.inf)
     gains[p] = 0.0
     adj = gains - margin
     adj[p] = 0.0
-    return Choice(list(names), np.argmax(adj, axis=0), gains, primary)
+    return Choice(list(names), np.argmax(adj, axis=0), gains, primary, folder)
 
 
 def apply_choice(cands: CandidateSet, choice: Choice) -> np.ndarray:
@@ -345,11 +351,76 @@ def apply_choice(cands: CandidateSet, choice: Choice) -> np.ndarray:
     return out
 
 
+def _twin(names: Sequence[str], name: str) -> str | None:
+    """The other half of a candidate's (point, searched point) pair, if there is one."""
+    other = name[:-len("+search")] if name.endswith("+search") else f"{name}+search"
+    return other if other in names else None
+
+
+def trust_features(cands: CandidateSet, choice: Choice, scores: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, 3), their folder medians (N, 3), NaN = unknown) of the chosen points, for
+    engine.trust: distance to the searched (or unsearched) twin, the residual under the
+    exemplar's shape (the unregistered candidate is an affine image of the exemplar's points, so
+    it serves as the shape reference without the exemplar itself), the patch score."""
+    pts = apply_choice(cands, choice)
+    n = pts.shape[0]
+    twin = pts.copy()
+    score = np.full(n, np.nan)
+    fscore = np.full(n, np.nan)
+    for j, k in enumerate(choice.chosen):
+        name = choice.names[int(k)]
+        if not np.isfinite(cands.points[cands.index(name), j]).all():
+            name = choice.primary
+        t = _twin(cands.names, name)
+        if t is not None and np.isfinite(cands.points[cands.index(t), j]).all():
+            twin[j] = cands.points[cands.index(t), j]
+        score[j] = scores[cands.index(name), j]
+        if choice.folder_score is not None and name in choice.names:
+            fscore[j] = choice.folder_score[choice.names.index(name), j]
+    ref = (cands.points[cands.index(UNREGISTERED)] if UNREGISTERED in cands.names
+           else cands.points[0])
+    feats = trust.features(pts, twin, score, ref[None])
+    folder = np.full_like(feats, np.nan)
+    folder[:, 2] = np.log(1.05 - np.clip(fscore, -1.0, 1.0))
+    return feats, folder
+
+
+def choice_expected_error(cands: CandidateSet, choice: Choice, scores: np.ndarray
+                          ) -> np.ndarray:
+    """(N,) expected error px of the chosen points from one image (engine.trust.IMAGE_MODEL:
+    the folder enters through the choice's folder scores only)."""
+    feats, folder = trust_features(cands, choice, scores)
+    return trust.expected_error(feats, folder, trust.IMAGE_MODEL)
+
+
+def folder_expected_error(sets: Sequence[CandidateSet], choice: Choice,
+                          scores: Sequence[np.ndarray]) -> np.ndarray:
+    """(M, N) expected error px of the chosen points over a folder (engine.trust.FOLDER_MODEL:
+    the folder medians of every signal carry the systematic part). With fewer than
+    trust.MIN_FOLDER images it is the per-image estimate."""
+    fs = [trust_features(cs, choice, sc) for cs, sc in zip(sets, scores, strict=True)]
+    if not fs:
+        return np.zeros((0, 0))
+    feats = np.stack([f for f, _ in fs])
+    folder = trust.folder_medians(feats)
+    if len(fs) < trust.MIN_FOLDER:
+        return np.stack([trust.expected_error(f, g, trust.IMAGE_MODEL) for f, g in fs])
+    return trust.expected_error(feats, folder, trust.FOLDER_MODEL)
+
+
 def choice_confidence(cands: CandidateSet, choice: Choice, scores: np.ndarray,
-                      primary_conf: np.ndarray) -> np.ndarray:
-    """(N,) confidence of the chosen points: the primary's own confidence where the primary (or
-    its searched twin) won, else the winner's similarity score clipped to [0, 1] (the only
-    evidence there is for a candidate no registration vouches for)."""
+                      primary_conf: np.ndarray, tol_px: float = trust.DEFAULT_TOL_PX
+                      ) -> np.ndarray:
+    """(N,) confidence of the chosen points: engine.trust's map of their expected error
+    (choice_expected_error; 0.5 at `tol_px`), so that a landmark matching the exemplar poorly
+    on every image, or sitting far from where its image's other points put it, reads low even
+    when the registration agrees with itself. Where no expected error can be formed (a missing
+    point or feature) the engine's own confidence (`primary_conf`, or the winner's clipped
+    score for a non-primary candidate) is kept.
+
+    The expected error itself is engine.trust.expected_from_confidence(conf, tol_px): the
+    preview's job writes confidence only."""
     out = np.asarray(primary_conf, dtype=np.float64).copy()
     for j, k in enumerate(choice.chosen):
         name = choice.names[int(k)]
@@ -357,4 +428,7 @@ def choice_confidence(cands: CandidateSet, choice: Choice, scores: np.ndarray,
             continue
         v = scores[cands.index(name), j]
         out[j] = float(np.clip(v, 0.0, 1.0)) if np.isfinite(v) else 0.0
+    e = choice_expected_error(cands, choice, scores)
+    ok = np.isfinite(e)
+    out[ok] = trust.confidence_from_expected(e[ok], tol_px)
     return out
