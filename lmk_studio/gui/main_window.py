@@ -22,10 +22,12 @@ from PySide6.QtWidgets import (
     QApplication,
     QDockWidget,
     QFileDialog,
+    QFrame,
     QInputDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
+    QScrollArea,
     QStackedWidget,
     QVBoxLayout,
     QWidget,
@@ -67,6 +69,21 @@ STAGE_OVERLAYS = {  # overlay key -> (run kinds, colour, symbol, words)
     "stage1": (("stage1", "stage1-predict"), "#00e5ff", "t", "Stage I"),
     "stage2": (("stage2", "stage2-predict"), "#ff66cc", "x", "Stage II"),
 }
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """'1 image', '2 images'; with `many`, '1 image was' / '3 images were'."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def _scrolled(w: QWidget) -> QScrollArea:
+    """`w` in a frameless scroll area that lets it grow to the dock's width."""
+    area = QScrollArea()
+    area.setWidget(w)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    return area
 
 
 def _is_text_input(w: Any) -> bool:
@@ -159,7 +176,9 @@ class MainWindow(QMainWindow):
         self.dock_landmarks = self._dock("Landmarks", self.template_panel,
                                          Qt.DockWidgetArea.RightDockWidgetArea)
         self.dock_review = self._dock("Review", self.review, Qt.DockWidgetArea.RightDockWidgetArea)
-        self.dock_training = self._dock("Training", self.training,
+        # scrolled: the runs table and preset words made the panel taller than a laptop
+        # screen's right column, which forced the window taller than asked
+        self.dock_training = self._dock("Training", _scrolled(self.training),
                                         Qt.DockWidgetArea.RightDockWidgetArea)
         self.tabifyDockWidget(self.dock_review, self.dock_training)
         self.dock_review.raise_()
@@ -427,15 +446,21 @@ class MainWindow(QMainWindow):
 
     def create_project(self, project_path: Path, template: Any, images_dir: Path) -> bool:
         """The start screen's "new project" path (tests drive it directly)."""
-        from lmk_studio.core.store import Project
+        from lmk_studio.core.store import Project, remove_project_files
 
         try:
             proj = Project.create(Path(project_path), template, images_dir=Path(images_dir))
         except (LmkError, OSError) as exc:
             self._error("Could not create the project", exc)
             return False
-        self._set_project(proj)
         self.last_faults = list(getattr(proj, "last_faults", []) or [])
+        if not proj.images():
+            # nothing to annotate: no project file, no Recent entry, one dialog that says why
+            proj.close()
+            remove_project_files(project_path)
+            self._no_readable_images(Path(images_dir), self.last_faults)
+            return False
+        self._set_project(proj)
         n = len(self.doc.records())
         if self.last_faults:
             lines = "\n".join(f"• {p}: {why}" for p, why in self.last_faults[:20])
@@ -445,12 +470,29 @@ class MainWindow(QMainWindow):
             for p, why in self.last_faults:
                 log.warning("skipped %s: %s", p, why)
             show_error(self, "Some images were skipped",
-                       f"{n} images were added; {len(self.last_faults)} could not be read "
-                       f"and were skipped:\n{lines}")
-        if n == 0:
-            show_error(self, "No images", f"{images_dir}: no readable X-ray was found. Add "
-                       "images with File ▸ Add images.")
+                       f"{plural(n, 'image was', 'images were')} added; "
+                       f"{plural(len(self.last_faults), 'file')} could not be read and "
+                       f"{'was' if len(self.last_faults) == 1 else 'were'} skipped:\n{lines}")
         return True
+
+    def _no_readable_images(self, folder: Path, faults: list[tuple[Path, str]]) -> None:
+        """One dialog: the folder had no image the app can read, with each file and why."""
+        for p, why in faults:
+            log.warning("skipped %s: %s", p, why)
+        if faults:
+            lines = "\n".join(f"• {Path(p).name}: {why}" for p, why in faults[:20])
+            more = len(faults) - 20
+            if more > 0:
+                lines += f"\n… and {more} more (see the log)"
+            msg = (f"{folder}: none of its {len(faults)} image file"
+                   f"{'s' if len(faults) != 1 else ''} could be read, so no project was made:"
+                   f"\n{lines}")
+        else:
+            msg = (f"{folder}: no image files in this folder (PNG, JPEG, TIFF, BMP or DICOM), "
+                   "so no project was made. Pick the folder that holds the X-rays.")
+        self.last_error = f"No readable images: {msg}"
+        self.statusBar().showMessage("No project was made: no readable image.", 15000)
+        show_error(self, "No readable images", msg)
 
     def _preload_engine(self) -> None:
         """Import the stage modules (torch, kornia) in a background thread while the user
@@ -619,7 +661,7 @@ class MainWindow(QMainWindow):
         self._tell_training()
         self.folder_watch.set_known(r.path for r in self.doc.records())
         self.folder_watch.ignore(p for p, _ in faults)  # refused once: not offered again
-        msg = f"Added {len(added)} image(s)."
+        msg = f"Added {plural(len(added), 'image')}."
         if faults:
             show_error(self, "Some images were skipped", msg + "\n" + "\n".join(
                 f"• {p}: {why}" for p, why in faults[:20]))

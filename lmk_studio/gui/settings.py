@@ -52,6 +52,16 @@ def remove_recent_project(path: Path) -> None:
     s.sync()
 
 
+def last_template() -> str | None:
+    """The bundled template chosen for the last new project (the picker starts there)."""
+    v = settings().value("new_project/template", None)
+    return str(v) if v else None
+
+
+def set_last_template(name: str) -> None:
+    set_value("new_project/template", name)
+
+
 def get_value(key: str, default=None):
     return settings().value(key, default)
 

@@ -56,6 +56,9 @@ class NewProjectDialog(QDialog):
         for name, t in self._bundled.items():
             self.template.addItem(f"{name} ({len(t)} landmarks)", name)
         self.template.addItem(CUSTOM, CUSTOM)
+        last = self.template.findData(settings.last_template() or "")
+        if last >= 0:  # the template of the last new project: clinics use one or two
+            self.template.setCurrentIndex(last)
         self.template.activated.connect(self._template_chosen)
         self.project = QLineEdit()
         self.project.setObjectName("projectEdit")
@@ -137,6 +140,9 @@ class NewProjectDialog(QDialog):
         except LmkError as exc:
             self.error.setText(str(exc))
             return
+        key = self.template.currentData()
+        if key != CUSTOM:  # a custom template lives in its project only: nothing to recall
+            settings.set_last_template(str(key))
         super().accept()
 
 
