@@ -62,7 +62,12 @@ def test_all_runs_classical_stage1_stage2_then_skips_the_preview(tiny) -> None:
     stages = {e.stage for e in events}
     assert {"stage1-load", "stage2-load", "stage2"} <= stages
 
+    # nothing changed since (same trusted points, preset and seed): Stage I is up to date
     again = run_job(lmk, "all", preset=presets, device="cpu", seed=0)
+    with store.Project.open(lmk) as p:
+        assert [p.run(i).kind for i in again] == ["stage2"]
+    # another seed asks for a new Stage I
+    again = run_job(lmk, "all", preset=presets, device="cpu", seed=1)
     with store.Project.open(lmk) as p:
         assert [p.run(i).kind for i in again] == ["stage1", "stage2"]
 
