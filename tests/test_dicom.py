@@ -221,6 +221,34 @@ def test_extensionless_dicom_found_by_preamble(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_image(paths[0]).pixels, arr)
 
 
+def test_dual_personality_tiff_preamble_is_read_as_dicom(tmp_path: Path) -> None:
+    """Issue 17: a preamble that starts with a TIFF header (as modalities write, so one file is
+    both) with DICM at 128 is DICOM, as pydicom and PS3.10 decide; not a "corrupt TIFF"."""
+    arr = _ramp()
+    p = make_dicom(tmp_path / "dual.dcm", arr, PixelSpacing=[0.1, 0.1])
+    raw = bytearray(p.read_bytes())
+    raw[:8] = b"II*\x00\x08\x00\x00\x00"  # TIFF header pointing at a (bogus) directory
+    p.write_bytes(bytes(raw))
+    tif = tmp_path / "dual.tif"  # the same bytes named as a TIFF: the content decides
+    tif.write_bytes(bytes(raw))
+    for q in (p, tif):
+        m = read_metadata(q)
+        assert (m.kind, m.width, m.height, m.spacing) == ("dicom", 32, 24, (0.1, 0.1))
+        np.testing.assert_array_equal(load_image(q).pixels, arr)
+
+
+def test_dicom_with_another_extension_is_found_by_its_preamble(tmp_path: Path) -> None:
+    """The extension is only a hint: Siemens ``.IMA`` and other suffixes are DICOM by DICM."""
+    arr = _ramp()
+    make_dicom(tmp_path / "scan.IMA", arr)
+    (tmp_path / "notes.txt").write_text("x" * 200, encoding="utf-8")
+    paths = list_images(tmp_path)
+    assert [q.name for q in paths] == ["scan.IMA"]
+    np.testing.assert_array_equal(load_image(paths[0]).pixels, arr)
+    with pytest.raises(ImageLoadError, match=r"notes\.txt: unsupported file type '\.txt'"):
+        load_image(tmp_path / "notes.txt")
+
+
 def test_rle_lossless_compressed(tmp_path: Path) -> None:
     arr = _ramp()
     p = make_dicom(tmp_path / "plain.dcm", arr, PixelSpacing=[0.1, 0.1])

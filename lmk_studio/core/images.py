@@ -221,11 +221,13 @@ def _kind_for(path: Path) -> str:
         return _RASTER_KIND[suf]
     if suf in (".dcm", ".dicom"):
         return "dicom"
-    if suf == "" and _has_dicm_preamble(path):
+    # the extension is only a hint: any file with the DICOM preamble is DICOM (".IMA", "" ...)
+    if _has_dicm_preamble(path):
         return "dicom"
-    if suf == "" and not path.exists():
+    if not os.path.lexists(path):
         raise ImageLoadError(path, "file not found")
-    raise ImageLoadError(path, f"unsupported file type {suf or '(no extension, not DICOM)'!r}")
+    raise ImageLoadError(path, f"unsupported file type {suf or '(no extension)'!r} (not DICOM "
+                         "either: no DICM preamble)")
 
 
 def _has_dicm_preamble(path: Path) -> bool:
@@ -242,7 +244,15 @@ def _has_dicm_preamble(path: Path) -> bool:
 
 
 def _sniff(head: bytes) -> str | None:
-    """The real format from magic bytes (a .png may be a renamed JPEG: read it as a JPEG)."""
+    """The real format from magic bytes (a .png may be a renamed JPEG: read it as a JPEG).
+
+    ``DICM`` at offset 128 is looked for first: the DICOM standard (PS3.10 7.1) leaves the
+    128-byte preamble to the application, and modalities write a TIFF header there so that one
+    file is both a TIFF and a DICOM ("dual personality"). pydicom decides by ``DICM`` alone, and
+    so do we: such a file is DICOM whatever its first bytes say.
+    """
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
     if head.startswith(_PNG_SIG):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
@@ -251,8 +261,6 @@ def _sniff(head: bytes) -> str | None:
         return "bmp"
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "tiff"
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
     return None
 
 
@@ -937,7 +945,8 @@ def list_images(folder: str | Path) -> list[Path]:
     """Supported image files in ``folder`` (not recursive), natural order (img2 < img10).
 
     Hidden files (``.name``, e.g. macOS ``._x.png`` resource forks) are skipped; files without
-    an extension are included only when they carry the DICOM ``DICM`` preamble.
+    an extension or with another one (``.IMA``, ``.dc3``...) are included only when they carry
+    the DICOM ``DICM`` preamble (132 bytes read: the folder scan stays cheap).
     """
     folder = Path(folder)
     if not folder.exists():
@@ -961,7 +970,7 @@ def list_images(folder: str | Path) -> list[Path]:
         suf = p.suffix.lower()
         if suf in _RASTER_KIND or suf in (".dcm", ".dicom"):
             out.append(p)
-        elif suf == "" and _has_dicm_preamble(p):
+        elif _has_dicm_preamble(p):  # ".IMA", no extension...: DICOM by its preamble
             out.append(p)
     out.sort(key=_natural_key)
     return out
