@@ -221,7 +221,7 @@ def plan_job(project: Any, job: str, preset: Preset = None, resume: bool = False
             else:
                 secs[step] = len(recs) * per
         total_s = float(sum(secs.values()))
-        words = (f"{JOBS.get(job, job)}: {len(recs)} images, {len(src)} trusted (the exemplar"
+        words = (f"Plan: {len(recs)} images, {len(src)} trusted (the exemplar"
                  f"{f' + {len(src) - 1} corrected/accepted' if len(src) > 1 else ''}); ")
         parts = []
         for step in steps:
