@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from lmk_studio.core.errors import LmkError
 
@@ -18,9 +17,10 @@ _SHOWN = 200  # faults / unknown images printed one per line; the rest are count
 
 
 def _open(path: str):
+    from lmk_studio.commands.project_cmds import existing_project_path
     from lmk_studio.core.store import Project
 
-    return Project.open(Path(path))
+    return Project.open(existing_project_path(path))
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -21,6 +21,17 @@ def _project_path(raw: str) -> Path:
     return p if p.suffix else p.with_suffix(".lmk")
 
 
+def existing_project_path(raw: str) -> Path:
+    """The project a command names: the path as given, or with ".lmk" added when only that
+    exists (`new /x/ceph` writes /x/ceph.lmk, so `info /x/ceph` must find it too)."""
+    p = Path(raw).expanduser()
+    if not p.exists():
+        with_suffix = Path(str(p) + ".lmk")
+        if p.suffix.lower() != ".lmk" and with_suffix.is_file():
+            return with_suffix
+    return p
+
+
 def cmd_new(args: argparse.Namespace) -> int:
     """Create PROJECT from the images in --images with the --template landmarks."""
     from lmk_studio.core.images import list_images
@@ -112,7 +123,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Template, images, exemplar, points by status, runs, spacing sources, missing files."""
     from lmk_studio.core.store import Project
 
-    path = Path(args.project).expanduser()
+    path = existing_project_path(args.project)
     with Project.open(path) as p:
         t = p.template
         images = p.images()

@@ -122,7 +122,9 @@ def _ctrl_c_cancels(token: Any, say: Callable[[str], None]) -> Iterator[None]:
 
 # ---- helpers ---------------------------------------------------------------------------------
 def _open_project(path_arg: str):
-    path = Path(path_arg).expanduser()
+    from lmk_studio.commands.project_cmds import existing_project_path
+
+    path = existing_project_path(path_arg)
     if not path.exists():
         raise LmkError(f"{path}: project file not found")
     try:

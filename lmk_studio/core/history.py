@@ -25,8 +25,9 @@ from lmk_studio.core.points import LandmarkPoint, Status
 
 #: project meta key: {run id (str): fingerprint of what it was started from}
 INPUTS_KEY = "gui.run_inputs"
-#: run kinds whose training reads the user's trusted points besides the exemplar
-LEARNS_FROM_TRUSTED = ("stage2", "stage2-predict")
+#: run kinds whose training reads the user's trusted points besides the exemplar (Stage I too
+#: once it fuses them: a changed reviewed point then dates it; new ones never do)
+LEARNS_FROM_TRUSTED = ("stage1", "stage2", "stage2-predict")
 FINISHED = "finished"
 METHOD_WORDS = {
     "classical": "Preview",

@@ -401,15 +401,27 @@ class MainWindow(QMainWindow):
         settings.set_value("window/geometry", self.saveGeometry())
         settings.set_value("window/state", self.saveState())
         self.suggester.cancel()
-        if hasattr(self.training, "shutdown") and self.training.is_running():
-            self.statusBar().showMessage("Stopping the training before closing…")
-            self.training.shutdown(5.0)
-        self.loader.clear()
-        self.image_list.model.loader.clear()
-        QThreadPool.globalInstance().waitForDone(3000)  # no decode may outlive its receivers
-        self._remember_image()
-        if self.doc.project is not None:
-            self.doc.set_project(None)
+        # closing can take seconds (the job's checkpoint, decodes in flight): say so, and show
+        # a busy cursor, before the window stops answering
+        running = hasattr(self.training, "shutdown") and self.training.is_running()
+        self.statusBar().showMessage("Closing: stopping the background job (it saves a "
+                                     "checkpoint; Resume continues it)…" if running else
+                                     "Closing…")
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+        try:
+            # paint the message now (the waits below block); repaint, not processEvents: a job's
+            # end delivered here could start the next job of a chain while closing
+            self.statusBar().repaint()
+            if running:
+                self.training.shutdown(5.0)
+            self.loader.clear()
+            self.image_list.model.loader.clear()
+            QThreadPool.globalInstance().waitForDone(3000)  # no decode may outlive receivers
+            self._remember_image()
+            if self.doc.project is not None:
+                self.doc.set_project(None)
+        finally:
+            QApplication.restoreOverrideCursor()
         super().closeEvent(event)
 
     # ------------------------------------------------------------------ project

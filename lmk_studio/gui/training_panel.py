@@ -72,6 +72,47 @@ def format_eta(seconds: float | None) -> str:
     return f"ETA {s // 60}:{s % 60:02d}"
 
 
+#: job -> (run kind, checkpoint key) a resume would continue (engine stage1/stage2 job._train)
+RESUME_FROM = {"stage1": (("stage1", "dir"),), "stage2": (("stage2", "trainer"),),
+               "all": (("stage1", "dir"), ("stage2", "trainer"))}
+
+
+def resumable(project: Path | str | None, job: str) -> str | None:
+    """Words for the run a Resume of `job` would continue ("Stage I run 4, cancelled"), or None
+    when there is none: the newest run of the stage ended cancelled or failed and its
+    checkpoint is still on disk (what the stage jobs look for)."""
+    if project is None or job not in RESUME_FROM or not Path(project).is_file():
+        return None
+    from lmk_studio.core.store import Project
+    from lmk_studio.engine import checkpoints
+
+    try:
+        with Project.open(project) as proj:
+            runs = sorted(proj.runs(), key=lambda r: r.id, reverse=True)
+            found = []
+            for kind, key in RESUME_FROM[job]:
+                newest = next((r for r in runs if r.kind == kind), None)
+                if newest is None or newest.status not in ("cancelled", "failed"):
+                    continue
+                stored = (newest.checkpoints or {}).get(key)
+                if not stored:
+                    continue
+                try:
+                    path = checkpoints.resolve(proj, stored, "checkpoint")
+                except LmkError:
+                    continue
+                if path.exists():
+                    found.append(newest)
+    except (LmkError, OSError) as exc:
+        log.info("cannot tell whether %s has a run to resume: %s", project, exc)
+        return None
+    if not found:
+        return None
+    r = max(found, key=lambda r: r.id)
+    words = "Stage I" if r.kind == "stage1" else "Stage II"
+    return f"{words} run {r.id}, {r.status}"
+
+
 def device_choices() -> tuple[list[tuple[str, str]], str]:
     """(value, label) pairs for the device picker and a sentence on what was found."""
     auto = select_device("auto")
@@ -225,6 +266,7 @@ class TrainingPanel(QWidget):
         form.addRow("", self.device_label)
         for combo in (self.job_combo, self.preset_combo, self.device_combo):
             combo.currentIndexChanged.connect(lambda _i: self._update_preset_info())
+        self.job_combo.currentIndexChanged.connect(lambda _i: self._update_buttons())
 
         self.start_button = QPushButton("Start")
         self.cancel_button = QPushButton("Cancel")
@@ -491,7 +533,11 @@ class TrainingPanel(QWidget):
         running = self.is_running()
         can = self.project is not None and not running
         self.start_button.setEnabled(can)
-        self.resume_button.setEnabled(can)
+        what = resumable(self.project, self.selected_job()) if can else None
+        self.resume_button.setEnabled(what is not None)
+        self.resume_button.setToolTip(f"Continue {what} from its last checkpoint" if what else
+                                      "Nothing to resume: no cancelled or interrupted training "
+                                      "of this job with a checkpoint")
         self.cancel_button.setEnabled(running and not self.bridge.process.cancel_requested)
         for w in (self.job_combo, self.preset_combo, self.device_combo):
             w.setEnabled(not running)
