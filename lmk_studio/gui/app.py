@@ -41,6 +41,12 @@ def run_app(project: str | None = None, demo: bool = False) -> int:
 
     path = setup_logging()
     log.info("lmk_studio starting (log %s)", path)
+    from lmk_studio.gui.platform_check import preflight_message
+
+    hint = preflight_message()  # before Qt: a missing xcb library aborts inside QApplication()
+    if hint:
+        log.warning("%s", hint)
+        print(hint, file=sys.stderr, flush=True)
     app = make_app()
     from lmk_studio.gui.main_window import MainWindow
 
