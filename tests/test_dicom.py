@@ -18,13 +18,16 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from lmk_studio.core.errors import ImageLoadError
+from lmk_studio.core.errors import ImageLoadError, LmkError
 from lmk_studio.core.images import (
     SPACING_IMAGER,
     SPACING_PIXEL,
     ImageFolder,
+    MultiFrameDicom,
+    frame_path,
     list_images,
     load_image,
+    quick_hash,
     read_metadata,
 )
 
@@ -158,13 +161,84 @@ def test_monochrome1_without_window_mirrors_in_bit_range(tmp_path: Path) -> None
     np.testing.assert_array_equal(x.pixels, 4095.0 - arr.astype(np.float32))
 
 
-def test_multi_frame_is_refused(tmp_path: Path) -> None:
-    arr = np.stack([_ramp()] * 3)
-    p = make_dicom(tmp_path / "cine.dcm", arr, frames=3)
-    with pytest.raises(ImageLoadError, match=r"cine\.dcm: multi-frame DICOM \(3 frames\)"):
+def _cine(tmp_path: Path, frames: int = 3) -> tuple[Path, np.ndarray]:
+    arr = np.stack([_ramp(top=3000) + 300 * k for k in range(frames)]).astype(np.uint16)
+    return make_dicom(tmp_path / "cine.dcm", arr, frames=frames,
+                      PixelSpacing=[0.2, 0.2]), arr
+
+
+def test_multi_frame_offers_its_frames_as_images(tmp_path: Path) -> None:
+    """Issue 17: by default each frame of a multi-frame DICOM is an image, ``cine.dcm#k``
+    (1-based, as DICOM numbers frames); the file as a whole is not one image."""
+    p, arr = _cine(tmp_path)
+    with pytest.raises(MultiFrameDicom, match=r"cine\.dcm: multi-frame DICOM \(3 frames\).*"
+                                              r"cine\.dcm#1 \.\.\. cine\.dcm#3") as e:
         read_metadata(p)
+    assert e.value.frames == 3 and e.value.meta.width == 32
     with pytest.raises(ImageLoadError, match="multi-frame"):
         load_image(p)
+    for k in (1, 3):
+        q = frame_path(p, k)
+        m = read_metadata(q)
+        assert (m.frame, m.frames, m.width, m.height, m.spacing) == (k, 3, 32, 24, (0.2, 0.2))
+        x = load_image(q)
+        assert x.meta.path == q
+        np.testing.assert_array_equal(x.pixels, arr[k - 1])
+    assert quick_hash(frame_path(p, 1)) != quick_hash(frame_path(p, 2)) != quick_hash(p)
+    with pytest.raises(ImageLoadError, match=r"cine\.dcm#4: there is no frame 4: the DICOM "
+                                             r"has 3 frames"):
+        read_metadata(frame_path(p, 4))
+    png = tmp_path / "a.png"
+    png.write_bytes(_png_bytes())
+    with pytest.raises(ImageLoadError, match=r"a\.png#2: a frame number .* this is a PNG"):
+        load_image(frame_path(png, 2))
+
+
+def _png_bytes() -> bytes:
+    import cv2
+
+    return cv2.imencode(".png", np.zeros((4, 4), np.uint8))[1].tobytes()
+
+
+def test_multi_frame_refused_by_the_setting_names_the_frame_count(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    p, _ = _cine(tmp_path)
+    monkeypatch.setenv("LMK_STUDIO_DICOM_FRAMES", "refuse")
+    for f in (read_metadata, load_image):
+        with pytest.raises(ImageLoadError, match=r"cine\.dcm: multi-frame DICOM \(3 frames\) "
+                                                 r"refused by the setting dicom_frames") as e:
+            f(p)
+        assert not isinstance(e.value, MultiFrameDicom)
+    monkeypatch.setenv("LMK_STUDIO_DICOM_FRAMES", "sometimes")
+    with pytest.raises(LmkError, match="LMK_STUDIO_DICOM_FRAMES='sometimes'"):
+        read_metadata(p)
+
+
+def test_project_adds_each_frame_and_finds_them_again(tmp_path: Path, monkeypatch) -> None:
+    from lmk_studio.core.store import Project
+    from lmk_studio.core.templates import bundled_templates
+
+    _, arr = _cine(tmp_path / "imgs")
+    make_dicom(tmp_path / "imgs" / "single.dcm", _ramp())
+    tpl = next(iter(bundled_templates().values()))
+    with Project.create(tmp_path / "p.lmk", tpl, tmp_path / "imgs") as proj:
+        recs = proj.images()
+        assert [r.name for r in recs] == ["cine.dcm#1", "cine.dcm#2", "cine.dcm#3", "single.dcm"]
+        assert all(not r.missing and not r.changed for r in recs)
+        assert recs[0].spacing == (0.2, 0.2)
+        np.testing.assert_array_equal(load_image(recs[1].path).pixels, arr[1])
+        proj.add_images([tmp_path / "imgs" / "cine.dcm"])  # again: every frame is known
+        assert len(proj.last_faults) == 3 and len(proj.images()) == 4
+    moved = tmp_path / "moved"
+    (tmp_path / "imgs").rename(moved)
+    with Project.open(tmp_path / "p.lmk") as proj:
+        assert [r.missing for r in proj.images()] == [True] * 4
+        assert proj.relocate_images(moved) == 4
+        assert [r.missing for r in proj.images()] == [False] * 4
+    monkeypatch.setenv("LMK_STUDIO_DICOM_FRAMES", "refuse")
+    with Project.create(tmp_path / "q.lmk", tpl, moved) as proj:
+        assert [r.name for r in proj.images()] == ["single.dcm"]
+        assert "3 frames" in proj.last_faults[0][1]
 
 
 def test_object_without_pixel_data_is_refused(tmp_path: Path) -> None:
@@ -282,10 +356,30 @@ def test_jpeg2000_lossless_compressed(tmp_path: Path) -> None:
 def test_rgb_dicom_to_grey(tmp_path: Path) -> None:
     rgb = np.zeros((8, 10, 3), np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 10
-    x = load_image(make_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB"))
+    p = make_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB")
+    assert read_metadata(p).conversion == "RGB -> grey = 0.299 R + 0.587 G + 0.114 B " \
+                                          "(ITU-R BT.601 luma)"
+    x = load_image(p)
     assert x.pixels.shape == (8, 10)
     expect = 0.299 * 200 + 0.587 * 100 + 0.114 * 10
     assert abs(float(x.pixels[0, 0]) - expect) <= 1.0
+    assert read_metadata(make_dicom(tmp_path / "g.dcm", _ramp())).conversion is None
+
+
+def test_palette_colour_goes_through_its_palette(tmp_path: Path) -> None:
+    """PALETTE COLOR pixels are indices into the file's palette, not intensities: mapped to
+    RGB by the palette, then to grey, and the conversion is named."""
+    from pydicom.pixels import apply_color_lut
+
+    src = Path(pydicom.__file__).parent / "data" / "test_files" / "examples_palette.dcm"
+    if not src.is_file():
+        pytest.skip(f"{src} is not in this pydicom install")
+    m = read_metadata(src)
+    assert m.conversion is not None and m.conversion.startswith("PALETTE COLOR -> RGB")
+    ds = pydicom.dcmread(src)
+    rgb = apply_color_lut(ds.pixel_array, ds).astype(np.float64)
+    grey = rgb @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(load_image(src).pixels - grey).max() <= 1.0
 
 
 def test_unicode_dicom_path_and_folder(tmp_path: Path) -> None:

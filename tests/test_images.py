@@ -411,3 +411,37 @@ def test_tiff_tag_with_no_values_is_refused_not_a_traceback(tmp_path: Path) -> N
     (tmp_path / "a.tif").write_bytes(bytes(data))
     with pytest.raises(ImageLoadError, match=r"a\.tif: corrupt TIFF"):
         read_metadata(tmp_path / "a.tif")
+
+
+def test_pixel_limit_and_frames_are_user_settings_read_by_core(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """Issue 13 item 4: the limit is a setting of the app (gui.settings writes the INI file)
+    that core reads itself, so the CLI and job processes obey it; the environment variable
+    wins for one run; the refusal says where to raise it."""
+    from lmk_studio.core.images import dicom_frames_mode, max_pixels, settings_file
+    from lmk_studio.gui import settings as gs
+
+    monkeypatch.delenv("LMK_STUDIO_MAX_PIXELS", raising=False)
+    monkeypatch.delenv("LMK_STUDIO_DICOM_FRAMES", raising=False)
+    assert gs.settings_path() == settings_file()
+    p = _write(tmp_path / "a.png", _ramp())  # 56 x 40 = 2240 pixels
+    assert max_pixels() == 64_000_000 and gs.max_pixels_setting() is None
+    gs.set_max_pixels_setting(2000)
+    assert max_pixels() == 2000 and gs.max_pixels_setting() == 2000
+    with pytest.raises(ImageLoadError, match=r"a\.png: 56 x 40 pixels .* limit of 0\.002 "
+                                             r"megapixels.*max_pixels = N under \[images\] in "
+                                             r".*lmk_studio\.ini.*LMK_STUDIO_MAX_PIXELS=N"):
+        read_metadata(p)
+    monkeypatch.setenv("LMK_STUDIO_MAX_PIXELS", "3000")  # the environment wins for a run
+    assert read_metadata(p).width == 56
+    monkeypatch.delenv("LMK_STUDIO_MAX_PIXELS")
+    gs.set_max_pixels_setting(None)
+    assert max_pixels() == 64_000_000
+    assert dicom_frames_mode() == gs.dicom_frames_setting() == "images"
+    gs.set_dicom_frames_setting("refuse")
+    assert dicom_frames_mode() == "refuse"
+    with pytest.raises(ValueError):
+        gs.set_dicom_frames_setting("maybe")
+    settings_file().write_text("[images]\nmax_pixels=lots\n", encoding="utf-8")
+    with pytest.raises(LmkError, match=r"lmk_studio\.ini: \[images\] max_pixels = 'lots'"):
+        read_metadata(p)

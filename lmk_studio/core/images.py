@@ -50,6 +50,15 @@ _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000: above any X-ray detector; ~0.3 GB as float32
 MAX_PIXELS_ENV = "LMK_STUDIO_MAX_PIXELS"
+SETTINGS_FILE = "lmk_studio.ini"  # the app's settings (gui.settings writes it with QSettings)
+SETTINGS_SECTION = "images"  # keys below are "images/<key>" in QSettings' terms
+MAX_PIXELS_KEY = "max_pixels"
+DICOM_FRAMES_KEY = "dicom_frames"
+DICOM_FRAMES_ENV = "LMK_STUDIO_DICOM_FRAMES"
+FRAMES_AS_IMAGES = "images"  # each frame of a multi-frame DICOM is an image, "file.dcm#3"
+FRAMES_REFUSED = "refuse"  # a multi-frame DICOM is refused with its frame count
+DEFAULT_DICOM_FRAMES = FRAMES_AS_IMAGES
+GREY_FROM_RGB = "grey = 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601 luma)"
 _HEADER_SLACK = 64 * 2**20  # bytes a file may hold beyond its pixels (headers, DICOM tags)
 _BYTES_PER_PIXEL_MAX = 8  # 16-bit RGBA: the largest uncompressed pixel we read
 DICOM_HEADER_BYTES = 64 * 2**20  # a deflated DICOM's header is inflated up to this much
@@ -72,6 +81,23 @@ class ImageMeta:
     spacing_source: str | None = None
     window: tuple[float, float] | None = None
     photometric: str | None = None
+    frames: int = 1  # frames in the file (DICOM NumberOfFrames)
+    frame: int | None = None  # 1-based frame this image is ("file.dcm#3"), None for the file
+    conversion: str | None = None  # how colour became grey, in words; None for grey files
+
+
+class MultiFrameDicom(ImageLoadError):
+    """A multi-frame DICOM named as one image while frames are offered as images: the caller
+    that adds images (``Project.add_images``) adds ``frame_path(path, k)`` for each frame;
+    every other caller refuses it like any unreadable file, with this message."""
+
+    def __init__(self, path: str | Path, frames: int, meta: ImageMeta) -> None:
+        self.frames = int(frames)
+        self.meta = meta  # frame 1's header: every frame shares its size and spacing
+        name = Path(path).name
+        super().__init__(
+            path, f"multi-frame DICOM ({frames} frames): each frame is an image of its own, "
+            f"named {name}#1 ... {name}#{frames} (added that way to a project)")
 
 
 @dataclass
@@ -157,13 +183,56 @@ def _scale(px: np.ndarray, lo: float, hi: float) -> np.ndarray:
 # --------------------------------------------------------------------------- limits
 
 
-def max_pixels() -> int:
-    """The largest image (width x height) read: ``LMK_STUDIO_MAX_PIXELS`` or 64 megapixels.
+_settings_cache: dict[str, tuple[tuple, dict[str, str]]] = {}
 
-    An environment variable rather than a per-window setting so that the engine's job
-    processes, the CLI and the app all see the same limit.
+
+def settings_file() -> Path:
+    """The user's settings file (the one ``gui.settings`` writes): an INI file."""
+    from lmk_studio.core.paths import config_dir
+
+    return config_dir() / SETTINGS_FILE
+
+
+def user_image_settings() -> dict[str, str]:
+    """The ``[images]`` values of the user's settings file, read without Qt.
+
+    Core reads the file itself (one stat per call, parsed again only when it changed) rather
+    than through a hook the app installs at start: the command line, the app and the engine's
+    job processes (whatever way they are started) then all obey the same setting, and no
+    start-up order can leave one of them on the default. An unreadable file is no settings.
     """
+    try:
+        path = settings_file()
+        st = path.stat()
+    except OSError:
+        return {}
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    hit = _settings_cache.get("images")
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    import configparser
+
+    values: dict[str, str] = {}
+    if st.st_size <= 1 << 20:  # a settings file is a few KB; anything else is not ours
+        cp = configparser.RawConfigParser(strict=False, interpolation=None)
+        try:
+            cp.read_string(path.read_text(encoding="utf-8", errors="replace"))
+            if cp.has_section(SETTINGS_SECTION):
+                values = {k: v.strip().strip('"') for k, v in cp.items(SETTINGS_SECTION)}
+        except (OSError, configparser.Error):
+            values = {}
+    _settings_cache["images"] = (key, values)
+    return values
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) read: ``LMK_STUDIO_MAX_PIXELS`` (for one run), else
+    ``max_pixels`` under ``[images]`` in the user's settings file, else 64 megapixels."""
     raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    where = f"{MAX_PIXELS_ENV}={raw!r}"
+    if not raw:
+        raw = user_image_settings().get(MAX_PIXELS_KEY, "").strip()
+        where = f"{settings_file()}: [{SETTINGS_SECTION}] {MAX_PIXELS_KEY} = {raw!r}"
     if not raw:
         return DEFAULT_MAX_PIXELS
     try:
@@ -171,8 +240,38 @@ def max_pixels() -> int:
     except (ValueError, OverflowError):
         v = 0
     if v <= 0:
-        raise LmkError(f"{MAX_PIXELS_ENV}={raw!r}: not a positive number of pixels "
+        raise LmkError(f"{where}: not a positive number of pixels "
                        f"(default {DEFAULT_MAX_PIXELS})")
+    return v
+
+
+def raise_limit_hint() -> str:
+    """How to raise the pixel limit, for refusal messages."""
+    return (f"if the image is real, raise the limit: {MAX_PIXELS_KEY} = N under "
+            f"[{SETTINGS_SECTION}] in {settings_file()} (the app and the command line read it), "
+            f"or the environment variable {MAX_PIXELS_ENV}=N for one run")
+
+
+def dicom_frames_mode() -> str:
+    """What a multi-frame DICOM becomes: ``"images"`` (each frame an image, ``file.dcm#3``) or
+    ``"refuse"``. ``LMK_STUDIO_DICOM_FRAMES`` for one run, else ``dicom_frames`` under
+    ``[images]`` in the user's settings file, else ``"images"``.
+
+    Offering the frames is the default because refusing leaves the user no way on inside the
+    app (another program must split the file first), while frames added as images are named
+    after their file and frame, can be removed like any image, and cost a header read only.
+    """
+    raw = os.environ.get(DICOM_FRAMES_ENV, "").strip()
+    where = f"{DICOM_FRAMES_ENV}={raw!r}"
+    if not raw:
+        raw = user_image_settings().get(DICOM_FRAMES_KEY, "").strip()
+        where = f"{settings_file()}: [{SETTINGS_SECTION}] {DICOM_FRAMES_KEY} = {raw!r}"
+    if not raw:
+        return DEFAULT_DICOM_FRAMES
+    v = raw.lower()
+    if v not in (FRAMES_AS_IMAGES, FRAMES_REFUSED):
+        raise LmkError(f"{where}: not one of {FRAMES_AS_IMAGES!r} (each frame an image) or "
+                       f"{FRAMES_REFUSED!r}")
     return v
 
 
@@ -182,15 +281,16 @@ def max_file_bytes() -> int:
     return max_pixels() * _BYTES_PER_PIXEL_MAX + _HEADER_SLACK
 
 
-def _check_pixels(path: Path, w: int, h: int) -> None:
+def _check_pixels(path: Path, w: int, h: int, what: str = "") -> None:
+    """Refuse an image over the pixel limit; ``what`` says whose size it is when that is not
+    the file's header (a codestream inside a DICOM)."""
     n = int(w) * int(h)
     lim = max_pixels()
     if n > lim:
         raise ImageLoadError(
-            path, f"{w} x {h} pixels ({n / 1e6:.1f} megapixels) is more than the limit of "
+            path, f"{what}{w} x {h} pixels ({n / 1e6:.1f} megapixels) is more than the limit of "
             f"{lim / 1e6:g} megapixels; refused before decoding (it would need about "
-            f"{n * 4 / 2**30:.1f} GB of memory). If the image is real, raise the limit with the "
-            f"environment variable {MAX_PIXELS_ENV}")
+            f"{n * 4 / 2**30:.1f} GB of memory); {raise_limit_hint()}")
 
 
 def _open_image(path: Path) -> tuple[BinaryIO, int]:
@@ -207,12 +307,29 @@ def _open_image(path: Path) -> tuple[BinaryIO, int]:
         f.close()
         raise ImageLoadError(
             path, f"the file is {size / 2**20:.0f} MB, more than any image within the pixel "
-            f"limit ({max_pixels() / 1e6:g} megapixels, {MAX_PIXELS_ENV}) can need "
-            f"({cap / 2**20:.0f} MB); refused unread")
+            f"limit ({max_pixels() / 1e6:g} megapixels) can need ({cap / 2**20:.0f} MB); "
+            f"refused unread; {raise_limit_hint()}")
     return f, size
 
 
 # --------------------------------------------------------------------------- helpers
+
+_FRAME_RE = re.compile(r"^(.+)#([1-9][0-9]{0,8})$")
+
+
+def frame_path(path: str | Path, frame: int) -> Path:
+    """The name of frame ``frame`` (1-based, as DICOM numbers frames) of a multi-frame file."""
+    return Path(f"{os.fspath(path)}#{int(frame)}")
+
+
+def split_frame(path: str | Path) -> tuple[Path, int | None]:
+    """(the file, its 1-based frame) for ``file.dcm#3``; (path, None) for a plain file. A file
+    that really is named ``x#3`` on disk stays that file."""
+    p = Path(path)
+    m = _FRAME_RE.match(p.name)
+    if m is None or os.path.lexists(p):
+        return p, None
+    return p.with_name(m.group(1)), int(m.group(2))
 
 
 def _kind_for(path: Path) -> str:
@@ -694,9 +811,23 @@ def _dicom_window(ds) -> tuple[float, float] | None:
     return None
 
 
+def _functional_spacing(ds) -> Any:
+    """PixelSpacing of an enhanced multi-frame object: in the shared functional groups (the
+    same for every frame), else the first frame's own."""
+    for seq_kw in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        try:
+            v = ds.get(seq_kw)[0].PixelMeasuresSequence[0].get("PixelSpacing")
+        except (AttributeError, TypeError, IndexError, KeyError):
+            continue
+        if v is not None:
+            return v
+    return None
+
+
 def _dicom_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
-    for kw, src in (("PixelSpacing", SPACING_PIXEL), ("ImagerPixelSpacing", SPACING_IMAGER)):
-        v = ds.get(kw)
+    for kw, src in (("PixelSpacing", SPACING_PIXEL), ("ImagerPixelSpacing", SPACING_IMAGER),
+                    ("", SPACING_PIXEL)):
+        v = ds.get(kw) if kw else _functional_spacing(ds)
         if v is None:
             continue
         try:
@@ -708,13 +839,14 @@ def _dicom_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
     return None, None
 
 
-def _dicom_meta(path: Path, f: BinaryIO, size: int) -> ImageMeta:
-    """Header of a DICOM. pydicom converts element values when they are first used, so a
-    damaged value (an unknown VR, text where a number belongs) surfaces here, as any of many
-    exception types: each becomes an ImageLoadError naming the file."""
+def _dicom_meta(path: Path, f: BinaryIO, size: int, frame: int | None = None) -> ImageMeta:
+    """Header of a DICOM (of its frame ``frame``, 1-based, when given). pydicom converts
+    element values when they are first used, so a damaged value (an unknown VR, text where a
+    number belongs) surfaces here, as any of many exception types: each becomes an
+    ImageLoadError naming the file."""
     ds, has_pixels = _dicom_header(path, f, size)
     try:
-        return _dicom_meta_of(path, ds, has_pixels)
+        return _dicom_meta_of(path, ds, has_pixels, frame)
     except ImageLoadError:
         raise
     except RecursionError:
@@ -724,7 +856,20 @@ def _dicom_meta(path: Path, f: BinaryIO, size: int) -> ImageMeta:
                              f"{str(e)[:200]})") from None
 
 
-def _dicom_meta_of(path: Path, ds: Any, has_pixels: bool) -> ImageMeta:
+def _dicom_conversion(photometric: str, samples: int) -> str | None:
+    """How a colour DICOM becomes grey, in words (None for a grey one). pydicom hands YBR as
+    RGB (its own conversion for uncompressed / RLE data, the codec's for JPEG and JPEG 2000)
+    and PALETTE COLOR as indices, which we map through the file's palette first."""
+    if photometric == "PALETTE COLOR":
+        return f"PALETTE COLOR -> RGB through the file's palette -> {GREY_FROM_RGB}"
+    if photometric.startswith("YBR"):
+        return f"{photometric} -> RGB (decoder) -> {GREY_FROM_RGB}"
+    if samples >= 3 or photometric in ("RGB", "ARGB", "CMYK", "HSV"):
+        return f"{photometric or 'colour'} -> {GREY_FROM_RGB}"
+    return None
+
+
+def _dicom_meta_of(path: Path, ds: Any, has_pixels: bool, frame: int | None) -> ImageMeta:
     if not has_pixels:
         what = str(ds.get("Modality", "") or "")
         sop = ds.get("SOPClassUID")
@@ -737,12 +882,15 @@ def _dicom_meta_of(path: Path, ds: Any, has_pixels: bool) -> ImageMeta:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
     except (TypeError, ValueError):
         frames = 1
-    if frames > 1:
+    if frame is not None and frame > max(frames, 1):
+        raise ImageLoadError(path, f"there is no frame {frame}: the DICOM has {frames} "
+                             f"frame{'s' if frames != 1 else ''}")
+    if frame is None and frames > 1 and dicom_frames_mode() == FRAMES_REFUSED:
         raise ImageLoadError(
-            path,
-            f"multi-frame DICOM ({frames} frames) is not supported: export the frame you want "
-            "as a single-frame image",
-        )
+            path, f"multi-frame DICOM ({frames} frames) refused by the setting "
+            f"{DICOM_FRAMES_KEY} = {FRAMES_REFUSED} ([{SETTINGS_SECTION}] in {settings_file()}, "
+            f"or {DICOM_FRAMES_ENV}): set it to {FRAMES_AS_IMAGES!r} to add each frame as an "
+            "image, or export the frame you want as a single-frame image")
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
     except (AttributeError, TypeError, ValueError):
@@ -752,11 +900,20 @@ def _dicom_meta_of(path: Path, ds: Any, has_pixels: bool) -> ImageMeta:
     _check_pixels(path, cols, rows)
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
     spacing, src = _dicom_spacing(ds)
-    return ImageMeta(
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    try:
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError):
+        samples = 1
+    meta = ImageMeta(
         path=path, width=cols, height=rows, bit_depth=bits, kind="dicom", spacing=spacing,
-        spacing_source=src, window=_dicom_window(ds),
-        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() or None,
+        spacing_source=src, window=_dicom_window(ds), photometric=photometric or None,
+        frames=max(frames, 1), frame=frame,
+        conversion=_dicom_conversion(photometric, samples),
     )
+    if frame is None and frames > 1:  # the file as a whole is not one image
+        raise MultiFrameDicom(path, frames, meta)
+    return meta
 
 
 def _load_dicom(path: Path, meta: ImageMeta, f: BinaryIO, size: int) -> XrayImage:
@@ -772,6 +929,8 @@ def _load_dicom(path: Path, meta: ImageMeta, f: BinaryIO, size: int) -> XrayImag
             raise ImageLoadError(
                 path, f"truncated or damaged DICOM: the pixel data is incomplete{hint}"
             )
+        if meta.frame is not None and meta.frames > 1:  # pydicom decodes only that frame
+            ds.pixel_array_options(index=meta.frame - 1)
         arr = ds.pixel_array
     except ImageLoadError:
         raise
@@ -801,10 +960,13 @@ def _load_dicom(path: Path, meta: ImageMeta, f: BinaryIO, size: int) -> XrayImag
 
 
 def _dicom_pixels(path: Path, meta: ImageMeta, ds: Any, arr: np.ndarray) -> XrayImage:
-    """Grey float32 pixels from pydicom's array: colour to grey, modality LUT, MONOCHROME1."""
-    from pydicom.pixels import apply_modality_lut
+    """Grey float32 pixels from pydicom's array: palette to RGB, colour to grey (as
+    ``meta.conversion`` says), modality LUT, MONOCHROME1."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
 
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour; pydicom converts YBR to RGB
+    if (meta.photometric or "") == "PALETTE COLOR" and arr.ndim == 2:
+        arr = apply_color_lut(arr, ds)  # indices are not intensities
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and meta.conversion:  # YBR comes as RGB
         import cv2
 
         rgb = np.ascontiguousarray(arr[..., :3])
@@ -849,8 +1011,10 @@ def _invert_monochrome1(px: np.ndarray, meta: ImageMeta, ds) -> np.ndarray:
 # --------------------------------------------------------------------------- public API
 
 
-def _meta_from(path: Path, kind: str, f: BinaryIO, size: int) -> ImageMeta:
-    """Header of the open file ``f`` (see read_metadata)."""
+def _meta_from(path: Path, kind: str, f: BinaryIO, size: int,
+               frame: int | None = None) -> ImageMeta:
+    """Header of the open file ``f`` (see read_metadata); ``path`` names it in messages (a
+    frame's name, ``file.dcm#3``, for frame ``frame``)."""
     try:
         f.seek(0)
         head = f.read(132)
@@ -862,21 +1026,29 @@ def _meta_from(path: Path, kind: str, f: BinaryIO, size: int) -> ImageMeta:
                 raise ImageLoadError(path, problem)
             real = "dicom"
         if real == "dicom":
-            return _dicom_meta(path, f, size)
+            return _dicom_meta(path, f, size, frame)
+        if frame is not None:
+            raise ImageLoadError(path, f"a frame number (#{frame}) names a frame of a "
+                                 f"multi-frame DICOM; this is a {real.upper()} file")
         w, h, bits, photometric = _RASTER_META[real](path, f, size)
     except OSError as e:
         raise ImageLoadError(path, _os_problem(e)) from None
+    colour = photometric in ("rgb", "rgba", "colour", "palette")
     return ImageMeta(path=path, width=w, height=h, bit_depth=bits, kind=real,
-                     photometric=photometric)
+                     photometric=photometric,
+                     conversion=f"{photometric} -> {GREY_FROM_RGB}" if colour else None)
 
 
 def read_metadata(path: str | Path) -> ImageMeta:
-    """Header-only read (no pixel decode). Raises ImageLoadError naming file and problem."""
+    """Header-only read (no pixel decode). Raises ImageLoadError naming file and problem;
+    ``MultiFrameDicom`` (carrying the frame count) for a multi-frame DICOM named as a whole
+    while frames are offered as images. ``file.dcm#3`` reads frame 3's header."""
     path = Path(path)
-    kind = _kind_for(path)  # refuses unsupported suffixes before touching the file
-    f, size = _open_image(path)
+    file, frame = split_frame(path)
+    kind = _kind_for(file)  # refuses unsupported suffixes before touching the file
+    f, size = _open_image(file)
     with f:
-        return _meta_from(path, kind, f, size)
+        return _meta_from(path, kind, f, size, frame)
 
 
 def load_image(path: str | Path) -> XrayImage:
@@ -886,10 +1058,11 @@ def load_image(path: str | Path) -> XrayImage:
     limit) hold for the bytes that are decoded.
     """
     path = Path(path)
-    kind = _kind_for(path)
-    f, size = _open_image(path)
+    file, frame = split_frame(path)
+    kind = _kind_for(file)
+    f, size = _open_image(file)
     with f:
-        meta = _meta_from(path, kind, f, size)  # refuses cut-short files cheaply
+        meta = _meta_from(path, kind, f, size, frame)  # refuses cut-short files cheaply
         if meta.kind == "dicom":
             return _load_dicom(path, meta, f, size)
         try:
@@ -976,9 +1149,17 @@ def list_images(folder: str | Path) -> list[Path]:
     return out
 
 
+def frame_hash(file_hash: str, frame: int) -> str:
+    """The quick hash of frame ``frame`` of a file whose quick hash is ``file_hash``."""
+    return hashlib.sha1(f"{file_hash}#{int(frame)}".encode()).hexdigest()
+
+
 def quick_hash(path: str | Path) -> str:
-    """sha1 of (size, first 64 KiB, last 64 KiB): cheap change detection, not a content proof."""
-    path = Path(path)
+    """sha1 of (size, first 64 KiB, last 64 KiB): cheap change detection, not a content proof.
+    A frame (``file.dcm#3``) hashes as its file plus its number."""
+    path, frame = split_frame(path)
+    if frame is not None:
+        return frame_hash(quick_hash(path), frame)
     chunk = 65536
     try:
         f, size = open_regular(path)

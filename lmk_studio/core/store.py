@@ -368,7 +368,16 @@ def _path_from_db(v: str | bytes) -> str:
     return os.fsdecode(v) if isinstance(v, bytes) else v
 
 
+def _file_of(p: Path) -> Path:
+    """The file on disk behind an image path: ``file.dcm`` for a frame ``file.dcm#3`` (frames
+    of a multi-frame DICOM are images of their own), else the path itself."""
+    from lmk_studio.core.images import split_frame
+
+    return split_frame(p)[0]
+
+
 def _stat(p: Path) -> os.stat_result | None:
+    p = _file_of(p)
     try:
         st = p.stat()
     except OSError:
@@ -788,7 +797,7 @@ class Project:
         rel, abs_path = _path_from_db(rel), _path_from_db(abs_path)
         if rel and not os.path.isabs(rel):
             cand = Path(os.path.normpath(self._base / Path(rel)))
-            if cand.exists() or not Path(abs_path).exists():
+            if _file_of(cand).exists() or not _file_of(Path(abs_path)).exists():
                 return cand
         return Path(abs_path)
 
@@ -862,9 +871,9 @@ class Project:
             cand = folder / rec.name
             try:
                 ap = cand.resolve()
-                if str(ap) in known or not ap.is_file() or quick_hash(ap) != rec.hash:
+                if str(ap) in known or not _file_of(ap).is_file() or quick_hash(ap) != rec.hash:
                     continue
-                st = ap.stat()
+                st = _file_of(ap).stat()
             except (OSError, ImageLoadError):
                 continue
             known.add(str(ap))
@@ -888,7 +897,7 @@ class Project:
             raise ProjectError(f"{self.path}: image {rec.name} is missing ({rec.path})")
         try:
             meta = read_metadata(rec.path)
-            st = rec.path.stat()
+            st = _file_of(rec.path).stat()
             h = quick_hash(rec.path)
         except ImageLoadError as e:
             raise ProjectError(f"{self.path}: {e}") from None
@@ -982,9 +991,19 @@ class Project:
     def add_images(self, paths: Iterable[str | Path]) -> list[ImageRecord]:
         """Add image files; duplicates and unreadable files are skipped into .last_faults.
 
-        Metadata and hashes are read before the (single, short) transaction opens.
+        Metadata and hashes are read before the (single, short) transaction opens. A
+        multi-frame DICOM, when frames are offered as images (``core.images.dicom_frames_mode``),
+        adds one image per frame, ``file.dcm#1`` ... ``file.dcm#N``, from one header read.
         """
-        from lmk_studio.core.images import quick_hash, read_metadata
+        from dataclasses import replace
+
+        from lmk_studio.core.images import (
+            MultiFrameDicom,
+            frame_hash,
+            frame_path,
+            quick_hash,
+            read_metadata,
+        )
 
         faults: list[tuple[Path, str]] = []
         with self._read() as con:
@@ -1001,24 +1020,34 @@ class Project:
                 faults.append((p, "already in the project (skipped)"))
                 continue
             try:
-                meta = read_metadata(ap)
-                st = ap.stat()
-                h = quick_hash(ap)
+                try:
+                    entries = [(ap, read_metadata(ap))]
+                except MultiFrameDicom as mf:
+                    entries = [(frame_path(ap, k), replace(mf.meta, path=frame_path(ap, k),
+                                                           frame=k))
+                               for k in range(1, mf.frames + 1)]
+                st = _file_of(ap).stat()
+                h = quick_hash(_file_of(ap))
             except ImageLoadError as e:
                 faults.append((p, e.problem))
                 continue
             except OSError as e:
                 faults.append((p, f"cannot read the file ({e.strerror or e})"))
                 continue
-            known.add(str(ap))
-            sp = meta.spacing
-            # the name is what people see and exports carry: printable text, with bytes that
-            # are not UTF-8 shown as \xNN; the paths keep the real bytes
-            rows.append((_db_path(self._store_path(ap)), _db_path(ap), display_path(ap.name),
-                         int(meta.width),
-                         int(meta.height), h, st.st_size, st.st_mtime_ns,
-                         float(sp[0]) if sp else None, float(sp[1]) if sp else None,
-                         meta.spacing_source if sp else None, _now()))
+            for ep, meta in entries:
+                if str(ep) in known:
+                    faults.append((ep, "already in the project (skipped)"))
+                    continue
+                known.add(str(ep))
+                sp = meta.spacing
+                eh = frame_hash(h, meta.frame) if meta.frame is not None else h
+                # the name is what people see and exports carry: printable text, with bytes
+                # that are not UTF-8 shown as \xNN; the paths keep the real bytes
+                rows.append((_db_path(self._store_path(ep)), _db_path(ep),
+                             display_path(ep.name), int(meta.width),
+                             int(meta.height), eh, st.st_size, st.st_mtime_ns,
+                             float(sp[0]) if sp else None, float(sp[1]) if sp else None,
+                             meta.spacing_source if sp else None, _now()))
         ids: list[int] = []
         if rows:
             with self._tx(f"{len(rows)} image(s)") as con:

@@ -70,3 +70,58 @@ def set_value(key: str, value) -> None:
     s = settings()
     s.setValue(key, value)
     s.sync()
+
+
+# ---- image limits, read by core.images from this same file (no Qt there) -----------------
+
+
+def max_pixels_setting() -> int | None:
+    """The user's pixel limit (largest image read, width x height); None = the default.
+
+    core.images reads this key itself (``core.images.max_pixels``), so the command line and
+    the engine's job processes obey it too; ``LMK_STUDIO_MAX_PIXELS`` overrides it for a run.
+    """
+    from lmk_studio.core.images import MAX_PIXELS_KEY, SETTINGS_SECTION
+
+    v = settings().value(f"{SETTINGS_SECTION}/{MAX_PIXELS_KEY}", None)
+    try:
+        n = int(float(v)) if v not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+    return n if n and n > 0 else None
+
+
+def set_max_pixels_setting(n: int | None) -> None:
+    """Store the pixel limit (None or 0: back to the default of 64 megapixels)."""
+    from lmk_studio.core.images import MAX_PIXELS_KEY, SETTINGS_SECTION
+
+    key = f"{SETTINGS_SECTION}/{MAX_PIXELS_KEY}"
+    s = settings()
+    if n is None or int(n) <= 0:
+        s.remove(key)
+    else:
+        s.setValue(key, int(n))
+    s.sync()
+
+
+def dicom_frames_setting() -> str:
+    """What a multi-frame DICOM becomes: "images" (each frame an image) or "refuse"."""
+    from lmk_studio.core.images import DEFAULT_DICOM_FRAMES, DICOM_FRAMES_KEY, SETTINGS_SECTION
+
+    v = settings().value(f"{SETTINGS_SECTION}/{DICOM_FRAMES_KEY}", DEFAULT_DICOM_FRAMES)
+    return str(v) if v else DEFAULT_DICOM_FRAMES
+
+
+def set_dicom_frames_setting(mode: str) -> None:
+    """Store "images" or "refuse" (anything else is refused here, not at the next image)."""
+    from lmk_studio.core.images import (
+        DICOM_FRAMES_KEY,
+        FRAMES_AS_IMAGES,
+        FRAMES_REFUSED,
+        SETTINGS_SECTION,
+    )
+
+    if mode not in (FRAMES_AS_IMAGES, FRAMES_REFUSED):
+        raise ValueError(f"dicom frames: {mode!r} is not {FRAMES_AS_IMAGES!r} or "
+                         f"{FRAMES_REFUSED!r}")
+    set_value(f"{SETTINGS_SECTION}/{DICOM_FRAMES_KEY}", mode)
