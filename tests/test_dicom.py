@@ -24,6 +24,7 @@ from lmk_studio.core.images import (
     SPACING_PIXEL,
     ImageFolder,
     MultiFrameDicom,
+    codestream_size,
     frame_path,
     list_images,
     load_image,
@@ -433,6 +434,78 @@ def test_jpeg_baseline_encapsulated(tmp_path: Path) -> None:
     x = load_image(q)
     assert x.pixels.shape == (64, 64)
     assert np.abs(x.pixels - arr).max() <= 4  # lossy
+
+
+# ---- codestreams that claim another size than the header (issue 13 item 4, the gaps) --------
+_TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def _patch_codestream(frame: bytes, w: int, h: int) -> bytes:
+    """The codestream with its SOF (JPEG, JPEG-LS) or SIZ (JPEG 2000, one tile) size set."""
+    import struct
+
+    b = bytearray(frame)
+    if b[:2] == b"\xff\xd8":
+        k = min(i for i in (b.find(m) for m in (b"\xff\xc0", b"\xff\xc1", b"\xff\xc3",
+                                                 b"\xff\xf7")) if i >= 0)
+        b[k + 5:k + 9] = struct.pack(">HH", h, w)
+    else:
+        k = b.find(b"\xff\x4f\xff\x51")
+        b[k + 8:k + 16] = struct.pack(">II", w, h)
+        b[k + 24:k + 32] = struct.pack(">II", w, h)  # tile = image
+    return bytes(b)
+
+
+@pytest.mark.parametrize("name", ["JPGExtended.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                                  "MR_small_jp2klossless.dcm"])
+def test_codestream_size_is_checked_before_decoding(tmp_path: Path, monkeypatch, name) -> None:
+    """A decoder allocates what the codestream says: its SOF / SIZ size is read first, refused
+    over the pixel limit (with how to raise it) or when it is not the header's."""
+    from pydicom.encaps import encapsulate, get_frame
+
+    src = _TEST_FILES / name
+    if not src.is_file():
+        pytest.skip(f"{src} is not in this pydicom install")
+    ds = pydicom.dcmread(src)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    assert codestream_size(frame)[:2] == (cols, rows)
+    load_image(src)  # the genuine file loads
+    monkeypatch.setenv("LMK_STUDIO_MAX_PIXELS", str(rows * cols + 10))
+    for (w, h), why in (((cols * 4, rows * 4), r"declares \d+ x \d+ pixels .* although the "
+                         r"header says \d+ x \d+: more than the limit .*LMK_STUDIO_MAX_PIXELS"),
+                        ((cols, rows - 1), r"is \d+ x \d+ pixels but the header says")):
+        ds.PixelData = encapsulate([_patch_codestream(frame, w, h)])
+        q = tmp_path / f"{w}x{h}-{name}"
+        ds.save_as(q)
+        read_metadata(q)  # the header alone is fine: the folder scan never decodes
+        with pytest.raises(ImageLoadError, match=rf"{q.name}: the JPEG[- A-Z0-9]* codestream "
+                                                 rf"{why}"):
+            load_image(q)
+
+
+def test_plain_jpeg_claiming_a_huge_size_is_refused_before_decoding(tmp_path: Path) -> None:
+    import cv2
+
+    buf = cv2.imencode(".jpg", np.zeros((64, 64), np.uint8))[1].tobytes()
+    p = tmp_path / "bomb.jpg"
+    p.write_bytes(_patch_codestream(buf, 60000, 60000))
+    with pytest.raises(ImageLoadError, match=r"bomb\.jpg: 60000 x 60000 pixels .* limit"):
+        load_image(p)
+
+
+def test_codestream_size_reader() -> None:
+    import struct
+
+    sof = b"\xff\xd8\xff\xe0\x00\x04ab\xff\xc3\x00\x0b\x10" + struct.pack(">HH", 7, 9) + b"\x01"
+    assert codestream_size(sof + b"\x01\x11\x00\xff\xda") == (9, 7, 1)
+    ls = b"\xff\xd8\xff\xf7\x00\x0b\x10\x00\x00\x00\x00\x01\x01\x11\x00"  # size in LSE 4
+    lse = b"\xff\xf8\x00\x0c\x04\x04" + struct.pack(">II", 70000, 80000)
+    assert codestream_size(ls + lse + b"\xff\xda") == (80000, 70000, 1)
+    assert codestream_size(ls + b"\xff\xda") == (0, 0, 1)  # DNL-style: set later
+    siz = b"\xff\x4f\xff\x51\x00\x29\x00\x00" + struct.pack(">IIII", 110, 60, 10, 0)
+    assert codestream_size(siz + bytes(16) + b"\x00\x03" + bytes(9)) == (100, 60, 3)
+    assert codestream_size(b"\x00" * 50) is None
 
 
 # ---- bounded work for crafted DICOMs (issue 13, item 4) --------------------------------------

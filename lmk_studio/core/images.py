@@ -282,15 +282,17 @@ def max_file_bytes() -> int:
 
 
 def _check_pixels(path: Path, w: int, h: int, what: str = "") -> None:
-    """Refuse an image over the pixel limit; ``what`` says whose size it is when that is not
-    the file's header (a codestream inside a DICOM)."""
+    """Refuse an image over the pixel limit (``what`` prefixes the size in the message)."""
     n = int(w) * int(h)
     lim = max_pixels()
     if n > lim:
-        raise ImageLoadError(
-            path, f"{what}{w} x {h} pixels ({n / 1e6:.1f} megapixels) is more than the limit of "
-            f"{lim / 1e6:g} megapixels; refused before decoding (it would need about "
-            f"{n * 4 / 2**30:.1f} GB of memory); {raise_limit_hint()}")
+        raise ImageLoadError(path, f"{what}{w} x {h} pixels ({n / 1e6:.1f} megapixels) is "
+                                   f"{_over_limit(n, lim)}")
+
+
+def _over_limit(n: int, lim: int) -> str:
+    return (f"more than the limit of {lim / 1e6:g} megapixels; refused before decoding (it "
+            f"would need about {n * 4 / 2**30:.1f} GB of memory); {raise_limit_hint()}")
 
 
 def _open_image(path: Path) -> tuple[BinaryIO, int]:
@@ -777,6 +779,114 @@ def _dicom_header(path: Path, f: BinaryIO, size: int):
         raise ImageLoadError(path, f"corrupt DICOM header ({type(e).__name__}: {e})") from None
 
 
+_JPEG_LS_SOF = 0xF7  # SOF55
+_JPEG_LS_LSE = 0xF8  # LSE: JPEG-LS parameters; ID 4 carries sizes too large for SOF55
+
+
+def codestream_size(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) a JPEG, JPEG-LS or JPEG 2000 codestream declares, read from
+    its SOF / SIZ marker (a JP2 wrapper is looked through); None when none is found.
+
+    A decoder allocates what the codestream says, not what the DICOM header says: a header of
+    16 x 16 over a codestream of 50000 x 50000 decodes to gigabytes before any size check on the
+    result. A width or height of 0 means it is set later (JPEG DNL marker, JPEG-LS LSE) and is
+    returned as 0 unless an LSE ID 4 before the scan gives it."""
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_codestream_size(data)
+    k = data.find(b"\xff\x4f\xff\x51", 0, 1 << 20)  # SOC + SIZ (raw J2K, or inside a JP2)
+    if k < 0 or len(data) < k + 42:
+        return None
+    xs, ys, xo, yo = struct.unpack(">IIII", data[k + 8:k + 24])
+    comps = struct.unpack(">H", data[k + 40:k + 42])[0]
+    return max(0, xs - xo), max(0, ys - yo), comps
+
+
+def _jpeg_codestream_size(data: bytes) -> tuple[int, int, int] | None:
+    pos, n, size = 2, len(data), None
+    while pos < n:
+        if data[pos] != 0xFF:  # libjpeg skips stray bytes between segments too
+            pos += 1
+            continue
+        while pos < n and data[pos] == 0xFF:
+            pos += 1
+        if pos >= n:
+            break
+        marker = data[pos]
+        pos += 1
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            continue
+        if marker in (0xD9, 0xDA) or pos + 2 > n:  # EOI / SOS: the header is over
+            break
+        seg = struct.unpack(">H", data[pos:pos + 2])[0]
+        body = data[pos + 2:pos + seg]
+        if (marker in _SOF or marker == _JPEG_LS_SOF) and size is None and len(body) >= 6:
+            _, h, w, comps = struct.unpack(">BHHB", body[:6])
+            size = (w, h, comps)
+            if w and h:
+                return size
+        elif marker == _JPEG_LS_LSE and size is not None and body[:1] == b"\x04" \
+                and len(body) >= 2:
+            wxy = body[1]
+            if 1 <= wxy <= 4 and len(body) >= 2 + 2 * wxy:
+                h = int.from_bytes(body[2:2 + wxy], "big")
+                w = int.from_bytes(body[2 + wxy:2 + 2 * wxy], "big")
+                return w or size[0], h or size[1], size[2]
+        pos += max(seg, 2)
+    return size
+
+
+def _codec_of(tsx: Any) -> str | None:
+    from pydicom import uid
+
+    if tsx in uid.JPEGTransferSyntaxes:
+        return "JPEG"
+    if tsx in uid.JPEGLSTransferSyntaxes:
+        return "JPEG-LS"
+    if tsx in uid.JPEG2000TransferSyntaxes:
+        return "JPEG 2000"
+    return None
+
+
+def _check_codestream(path: Path, meta: ImageMeta, ds: Any) -> None:
+    """Before a JPEG / JPEG-LS / JPEG 2000 frame is decoded: its codestream's own size must be
+    the header's and within the pixel limit, and it may hold at most 4 components (openjpeg
+    allocates 4 bytes per pixel per component, and SIZ allows 16384 of them)."""
+    from pydicom.encaps import get_frame
+
+    tsx = ds.file_meta.get("TransferSyntaxUID") if ds.file_meta else None
+    codec = _codec_of(tsx)
+    if codec is None or "PixelData" not in ds:
+        return
+    index = (meta.frame - 1) if meta.frame is not None else 0
+    which = f" of frame {meta.frame}" if meta.frame is not None else ""
+    try:
+        data = get_frame(ds.PixelData, index, number_of_frames=meta.frames)
+    except Exception as e:  # noqa: BLE001 - damaged item tags, offsets past the end...
+        raise ImageLoadError(path, f"cannot find the {codec} data{which} in the pixel data "
+                             f"({type(e).__name__}: {str(e)[:200]})") from None
+    got = codestream_size(data)
+    if got is None:
+        raise ImageLoadError(path, f"the {codec} data{which} has no frame header (no "
+                             f"{'SIZ' if codec == 'JPEG 2000' else 'SOF'} marker): damaged")
+    w, h, comps = got
+    if w == 0 or h == 0:
+        raise ImageLoadError(path, f"the {codec} codestream{which} leaves its size ({w} x {h}) "
+                             "to be set after the image data, so it cannot be checked before "
+                             "decoding; refused")
+    if w * h > max_pixels():
+        raise ImageLoadError(
+            path, f"the {codec} codestream{which} declares {w} x {h} pixels ({w * h / 1e6:.1f} "
+            f"megapixels) although the header says {meta.width} x {meta.height}: "
+            f"{_over_limit(w * h, max_pixels())}")
+    if comps > 4:
+        raise ImageLoadError(path, f"the {codec} codestream{which} declares {comps} colour "
+                             "components (an image has at most 4); refused before decoding")
+    if (w, h) != (meta.width, meta.height):
+        raise ImageLoadError(
+            path, f"the {codec} codestream{which} is {w} x {h} pixels but the header says "
+            f"{meta.width} x {meta.height} (damaged or crafted); refused before decoding")
+
+
 def _too_complex() -> str:
     return (f"the DICOM header holds too many data elements (more than about "
             f"{DICOM_MAX_READS // 2} before the pixel data; a real image has a few thousand); "
@@ -929,6 +1039,7 @@ def _load_dicom(path: Path, meta: ImageMeta, f: BinaryIO, size: int) -> XrayImag
             raise ImageLoadError(
                 path, f"truncated or damaged DICOM: the pixel data is incomplete{hint}"
             )
+        _check_codestream(path, meta, ds)  # a decoder allocates what the codestream says
         if meta.frame is not None and meta.frames > 1:  # pydicom decodes only that frame
             ds.pixel_array_options(index=meta.frame - 1)
         arr = ds.pixel_array
