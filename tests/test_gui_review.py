@@ -82,7 +82,7 @@ def test_review_queue_order_keys_accept_and_progress(win, qtbot, demo) -> None:
     assert win.review.items[n] == (ids[2], 7)  # then the next image's worst
     assert win.image_list.model.status(ids[0]) == "predicted"
     row = win.image_list.model.index(win.image_list.model.row_of(ids[1]))
-    assert row.data().endswith("predicted 0.05")
+    assert "predicted · E " in row.data() and row.data().endswith(" px")  # expected error, unit
     assert "lowest confidence 0.05" in row.data(Qt.ItemDataRole.ToolTipRole)
     qtbot.waitUntil(win.isActiveWindow, timeout=3000)
 

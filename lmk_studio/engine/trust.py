@@ -183,8 +183,12 @@ def image_expected_error(expected_px: np.ndarray, top: int = 3) -> float:
     return float(np.mean(np.sort(e)[-min(top, len(e)):]))
 
 
-def triage_levels(values: Sequence[float], worst: float = 0.1, doubtful: float = 0.3
-                  ) -> list[str]:
+TRIAGE_WORST = 0.1      # share of images shown as the most likely wrong
+TRIAGE_DOUBTFUL = 0.3   # the next share
+
+
+def triage_levels(values: Sequence[float], worst: float = TRIAGE_WORST,
+                  doubtful: float = TRIAGE_DOUBTFUL) -> list[str]:
     """'worst' / 'doubtful' / 'fine' per image by rank within the folder (larger = worse): the
     `worst` fraction first, the next `doubtful` fraction, the rest. Ranks, not thresholds, so a
     folder that is uniformly hard still shows which images to open first, and not all in red."""

@@ -28,8 +28,10 @@ from PySide6.QtWidgets import (
 )
 
 from lmk_studio.core.points import Status
+from lmk_studio.engine import trust
 from lmk_studio.gui.loader import ThumbnailLoader
 from lmk_studio.gui.state import Document
+from lmk_studio.gui.trust_legend import TRIAGE_COLORS, TrustLegend, legend_html
 
 STATUS_COLORS = {
     "exemplar": "#33aaff", "predicted": "#ffb000", "reviewed": "#2ecc40",
@@ -46,6 +48,18 @@ FILTERS = {
 }
 ID_ROLE = Qt.ItemDataRole.UserRole + 1
 STATUS_ROLE = Qt.ItemDataRole.UserRole + 2
+RISK_ROLE = Qt.ItemDataRole.UserRole + 3     # image expected error px (NaN: nothing to review)
+ORDERS = ("Folder order", "Worst first (review queue)")
+
+
+def point_expected_px(p: Any) -> float | None:
+    """A predicted point's expected error px: as written, else read back from its confidence
+    (the preview writes a confidence only; engine.trust's map is invertible)."""
+    if p.expected_error_px is not None:
+        return float(p.expected_error_px)
+    if p.confidence is not None:
+        return float(trust.expected_from_confidence(p.confidence))
+    return None
 
 
 class ImageModel(QAbstractListModel):
@@ -60,11 +74,40 @@ class ImageModel(QAbstractListModel):
         self.loader.failed.connect(self.mark_unreadable)
         self._placeholder = QPixmap(thumb_size, thumb_size)
         self._placeholder.fill(QColor("#303030"))
+        self._triage: dict[int, tuple[float, str]] | None = None   # id -> (E px, level)
+
+    def risk(self, image_id: int) -> float:
+        """Image expected error px (engine.trust.image_expected_error) of its points still to
+        review; NaN when it has none."""
+        e = [point_expected_px(p) for p in self.doc.points(image_id)
+             if p.status is Status.PREDICTED]
+        return trust.image_expected_error([x for x in e if x is not None])
+
+    def triage(self) -> dict[int, tuple[float, str]]:
+        """(E px, 'worst' / 'doubtful' / 'fine') per image with points to review, ranked within
+        the folder; cached until points change."""
+        if self._triage is None:
+            vals = {iid: self.risk(iid) for iid in self.ids}
+            have = [i for i, v in vals.items() if v == v]
+            lv = trust.triage_levels([vals[i] for i in have])
+            self._triage = {i: (vals[i], lv[k]) for k, i in enumerate(have)}
+        return self._triage
+
+    def _risk_text(self, image_id: int) -> str | None:
+        t = self.triage().get(image_id)
+        if t is None:
+            return None
+        rec = self.doc.record(image_id)
+        txt = f"E {t[0]:.0f} px"
+        if rec.spacing:
+            txt += f" ({t[0] * float(sum(rec.spacing)) / 2:.1f} mm)"
+        return txt
 
     def reset(self, new_project: bool = True) -> None:
         """New project: forget everything; same project (files re-checked): keep the known
         problems and thumbnails of images still there."""
         self.beginResetModel()
+        self._triage = None
         self.ids = [r.id for r in self.doc.records()]
         if new_project:
             self.thumbs.clear()
@@ -88,11 +131,10 @@ class ImageModel(QAbstractListModel):
         rec = self.doc.record(iid)
         if role == Qt.ItemDataRole.DisplayRole:
             st = self.status(iid)
-            if st == "predicted":  # how urgent: the least confident point still to review
-                confs = [p.confidence for p in self.doc.points(iid)
-                         if p.status is Status.PREDICTED and p.confidence is not None]
-                if confs:
-                    st += f" {min(confs):.2f}"  # the lowest (tooltip says so)
+            if st == "predicted":  # how urgent: the expected error of its worst points
+                risk = self._risk_text(iid)
+                if risk:
+                    st += f" · {risk}"
             return f"{rec.name}\n{st}"
         if role == Qt.ItemDataRole.DecorationRole:
             pm = self.thumbs.get(iid)
@@ -102,7 +144,11 @@ class ImageModel(QAbstractListModel):
                 return self._placeholder
             return pm
         if role == Qt.ItemDataRole.ForegroundRole:
-            return QBrush(QColor(STATUS_COLORS.get(self.status(iid), "#cccccc")))
+            st = self.status(iid)
+            t = self.triage().get(iid) if st == "predicted" else None
+            if t is not None:   # ranked within the folder: the worst stand out, not all red
+                return QBrush(QColor(TRIAGE_COLORS[t[1]]))
+            return QBrush(QColor(STATUS_COLORS.get(st, "#cccccc")))
         if role == Qt.ItemDataRole.ToolTipRole:
             tip = f"{rec.path}\n{rec.width} x {rec.height} px"
             if rec.spacing:
@@ -118,11 +164,18 @@ class ImageModel(QAbstractListModel):
             if confs:
                 tip += (f"\n{len(confs)} predicted points to review; lowest confidence "
                         f"{min(confs):.2f}")
+                t = self.triage().get(iid)
+                if t is not None:
+                    tip += (f"\nexpected error of its 3 most doubtful points: "
+                            f"{self._risk_text(iid)}; triage: {t[1]} in this folder")
             return tip
         if role == ID_ROLE:
             return iid
         if role == STATUS_ROLE:
             return self.status(iid)
+        if role == RISK_ROLE:
+            t = self.triage().get(iid)
+            return t[0] if t is not None else float("nan")
         return None
 
     def row_of(self, image_id: int) -> int:
@@ -132,6 +185,7 @@ class ImageModel(QAbstractListModel):
             return -1
 
     def refresh_ids(self, ids: list[int] | None = None) -> None:
+        self._triage = None     # ranks are within the folder: any change can move them
         rows = range(len(self.ids)) if ids is None else [self.row_of(i) for i in ids]
         for r in rows:
             if r >= 0:
@@ -165,6 +219,18 @@ class _Filter(QSortFilterProxyModel):
     def refilter(self) -> None:
         self.set(self.statuses, self.text)
 
+    def lessThan(self, left: QModelIndex | QPersistentModelIndex,
+                 right: QModelIndex | QPersistentModelIndex) -> bool:
+        """Worst first: larger image expected error first; images with nothing to review last,
+        in folder order."""
+        a = self.sourceModel().data(left, RISK_ROLE)
+        b = self.sourceModel().data(right, RISK_ROLE)
+        a = -1.0 if a != a else float(a)
+        b = -1.0 if b != b else float(b)
+        if a == b:
+            return left.row() < right.row()
+        return a > b
+
     def filterAcceptsRow(self, row: int, parent: QModelIndex | QPersistentModelIndex) -> bool:
         m = self.sourceModel()
         ix = m.index(row, 0, parent)
@@ -195,16 +261,24 @@ class ImageList(QWidget):
         self.view.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.filter = QComboBox()
         self.filter.addItems(list(FILTERS))
+        self.order = QComboBox()
+        self.order.setObjectName("imageOrder")
+        self.order.addItems(list(ORDERS))
+        self.order.setToolTip(legend_html())
+        self.legend = TrustLegend()
         self.search = QLineEdit()
         self.search.setPlaceholderText("Filter by name")
         self.search.setClearButtonEnabled(True)
         top = QHBoxLayout()
         top.addWidget(self.filter, 1)
+        top.addWidget(self.order, 1)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addLayout(top)
         lay.addWidget(self.search)
         lay.addWidget(self.view, 1)
+        lay.addWidget(self.legend)
+        self.order.currentIndexChanged.connect(self._apply_order)
         self.filter.currentTextChanged.connect(self._apply_filter)
         self.search.textChanged.connect(self._apply_filter)
         self.view.selectionModel().currentChanged.connect(self._current_changed)
@@ -217,10 +291,22 @@ class ImageList(QWidget):
     def _apply_filter(self) -> None:
         self.proxy.set(FILTERS[self.filter.currentText()], self.search.text())
 
+    def _apply_order(self) -> None:
+        """Worst first sorts by the image expected error (the proxy's lessThan); the folder
+        order is the model's own (sort column -1)."""
+        if self.order.currentIndex() == 1:
+            self.proxy.sort(0)
+        else:
+            self.proxy.sort(-1)
+
     def _points_changed(self, image_id: int) -> None:
-        self.model.refresh_ids(None if image_id == -1 else [image_id])
+        # every image's rank can move when one image's points change
+        self.model.refresh_ids(None)
         if self.proxy.statuses is not None:
             self.proxy.refilter()
+        if self.order.currentIndex() == 1:
+            self.proxy.invalidate()
+            self.proxy.sort(0)
 
     def _current_changed(self, cur: QModelIndex, _prev: QModelIndex) -> None:
         if self._syncing or not cur.isValid():
