@@ -561,7 +561,8 @@ class MainWindow(QMainWindow):
         recs = [r for r in self.doc.records() if not r.missing]
         sides = sorted(max(r.width, r.height) for r in recs if r.width and r.height)
         self.training.set_project(self.doc.project.path, n_images=len(recs),
-                                  longest_side=sides[len(sides) // 2] if sides else None)
+                                  longest_side=sides[len(sides) // 2] if sides else None,
+                                  opened=self.doc.project)
 
     def _remember_image(self) -> None:
         if self.doc.project is not None and self.doc.image_id is not None:

@@ -77,34 +77,38 @@ RESUME_FROM = {"stage1": (("stage1", "dir"),), "stage2": (("stage2", "trainer"),
                "all": (("stage1", "dir"), ("stage2", "trainer"))}
 
 
-def resumable(project: Path | str | None, job: str) -> str | None:
+def resumable(proj: Any, job: str) -> str | None:
     """Words for the run a Resume of `job` would continue ("Stage I run 4, cancelled"), or None
     when there is none: the newest run of the stage ended cancelled or failed and its
-    checkpoint is still on disk (what the stage jobs look for)."""
-    if project is None or job not in RESUME_FROM or not Path(project).is_file():
+    checkpoint is still on disk (what the stage jobs look for).
+
+    `proj` is the window's open Project: never open the file a second time here. Opening runs
+    a plain open()/close() of the .lmk (the header check), and on POSIX closing any descriptor
+    of a file drops every lock this process holds on it, SQLite's included: the window's
+    connection then read a project a job process was writing and the file ended malformed.
+    """
+    if proj is None or job not in RESUME_FROM:
         return None
-    from lmk_studio.core.store import Project
     from lmk_studio.engine import checkpoints
 
     try:
-        with Project.open(project) as proj:
-            runs = sorted(proj.runs(), key=lambda r: r.id, reverse=True)
-            found = []
-            for kind, key in RESUME_FROM[job]:
-                newest = next((r for r in runs if r.kind == kind), None)
-                if newest is None or newest.status not in ("cancelled", "failed"):
-                    continue
-                stored = (newest.checkpoints or {}).get(key)
-                if not stored:
-                    continue
-                try:
-                    path = checkpoints.resolve(proj, stored, "checkpoint")
-                except LmkError:
-                    continue
-                if path.exists():
-                    found.append(newest)
+        runs = sorted(proj.runs(), key=lambda r: r.id, reverse=True)
+        found = []
+        for kind, key in RESUME_FROM[job]:
+            newest = next((r for r in runs if r.kind == kind), None)
+            if newest is None or newest.status not in ("cancelled", "failed"):
+                continue
+            stored = (newest.checkpoints or {}).get(key)
+            if not stored:
+                continue
+            try:
+                path = checkpoints.resolve(proj, stored, "checkpoint")
+            except LmkError:
+                continue
+            if path.exists():
+                found.append(newest)
     except (LmkError, OSError) as exc:
-        log.info("cannot tell whether %s has a run to resume: %s", project, exc)
+        log.info("cannot tell whether %s has a run to resume: %s", proj, exc)
         return None
     if not found:
         return None
@@ -208,6 +212,7 @@ class TrainingPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.project: Path | None = None
+        self.opened: Any = None  # the window's open Project (see set_project)
         self.bridge = JobBridge(self)
         self.current_job: str | None = None
         self._latest_step: ProgressEvent | None = None
@@ -319,14 +324,17 @@ class TrainingPanel(QWidget):
         self._sections.addWidget(widget)
 
     def set_project(self, path: Path | str | None, n_images: int | None = None,
-                    longest_side: int | None = None) -> None:
+                    longest_side: int | None = None, opened: Any = None) -> None:
         """Which .lmk file the next job runs on (a running job keeps its own). With the image
         count and their typical longest side, the preset follows the project (quick only for
-        demo-size images) unless the user picked one, and the estimate is for this project."""
+        demo-size images) unless the user picked one, and the estimate is for this project.
+        `opened`: the window's open Project, read for what Resume would continue (without it
+        Resume is offered whenever a job could start, as the panel cannot tell)."""
         new = Path(path) if path is not None else None
         if new != self.project:
             self._preset_chosen = False  # another project: its own default
         self.project = new
+        self.opened = opened if new is not None else None
         self.project_label.setText(self.project.name if self.project else "No project open")
         self.project_label.setToolTip(str(self.project) if self.project else "")
         if n_images is not None:
@@ -533,11 +541,15 @@ class TrainingPanel(QWidget):
         running = self.is_running()
         can = self.project is not None and not running
         self.start_button.setEnabled(can)
-        what = resumable(self.project, self.selected_job()) if can else None
-        self.resume_button.setEnabled(what is not None)
-        self.resume_button.setToolTip(f"Continue {what} from its last checkpoint" if what else
-                                      "Nothing to resume: no cancelled or interrupted training "
-                                      "of this job with a checkpoint")
+        if self.opened is None:  # no project to read: as before, the job itself will say
+            self.resume_button.setEnabled(can)
+        else:
+            what = resumable(self.opened, self.selected_job()) if can else None
+            self.resume_button.setEnabled(what is not None)
+            self.resume_button.setToolTip(
+                f"Continue {what} from its last checkpoint" if what else
+                "Nothing to resume: no cancelled or interrupted training of this job with a "
+                "checkpoint")
         self.cancel_button.setEnabled(running and not self.bridge.process.cancel_requested)
         for w in (self.job_combo, self.preset_combo, self.device_combo):
             w.setEnabled(not running)
