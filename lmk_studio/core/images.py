@@ -184,13 +184,20 @@ def _scale(px: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 _settings_cache: dict[str, tuple[tuple, dict[str, str]]] = {}
+_settings_paths: dict[str | None, Path] = {}
 
 
 def settings_file() -> Path:
-    """The user's settings file (the one ``gui.settings`` writes): an INI file."""
-    from lmk_studio.core.paths import config_dir
+    """The user's settings file (the one ``gui.settings`` writes): an INI file. Its place is
+    worked out once per ``LMK_STUDIO_HOME`` (``config_dir`` creates folders): the limits are
+    read for every image of a folder scan."""
+    home = os.environ.get("LMK_STUDIO_HOME")
+    path = _settings_paths.get(home)
+    if path is None:
+        from lmk_studio.core.paths import config_dir
 
-    return config_dir() / SETTINGS_FILE
+        path = _settings_paths[home] = config_dir() / SETTINGS_FILE
+    return path
 
 
 def user_image_settings() -> dict[str, str]:
