@@ -18,7 +18,16 @@ Design notes
   is refused *before* decoding, every PNG chunk must fit in the file, a deflated DICOM is
   inflated by us with a cap (pydicom would inflate all of it at once), and pydicom's header
   parse runs on a read budget, so a crafted header of millions of tiny elements fails in a
-  second instead of taking minutes.
+  second instead of taking minutes. A JPEG / JPEG-LS / JPEG 2000 frame in a DICOM is checked by
+  its codestream's own size (SOF / SIZ) before the codec runs: codecs allocate what the
+  codestream says, whatever Rows x Columns say.
+- The content decides the format, the extension is a hint: ``DICM`` at offset 128 makes a file
+  DICOM even when its preamble is a TIFF header (dual-personality files), as in pydicom.
+- Multi-frame DICOM: each frame is an image, ``file.dcm#k`` (1-based), or the file is refused
+  with its frame count (``dicom_frames_mode``). Colour (RGB, YBR, palette) becomes grey by
+  BT.601 luma, and ``ImageMeta.conversion`` says so.
+- The pixel limit and the frames choice are user settings (``[images]`` in the app's INI file,
+  read here without Qt); an environment variable overrides each for one run.
 """
 
 from __future__ import annotations
