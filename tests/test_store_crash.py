@@ -205,3 +205,30 @@ def test_gui_and_training_process_share_the_project(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_opening_a_project_twice_in_one_process_keeps_the_writers_locks(tmp_path) -> None:
+    """POSIX locks belong to the process: the header check of a second Project.open used to
+    open()/close() the file, which dropped the SQLite locks of the first connection while it
+    was writing. An open project is now checked through SQLite only."""
+    from unittest import mock
+
+    from lmk_studio.core import store
+    from lmk_studio.core.phantoms import write_demo_project
+
+    lmk = write_demo_project(tmp_path / "d", n=3, size=(64, 64), seed=0)
+    real_open = open
+    raw_opens: list[str] = []
+
+    def spy(file, *a, **k):
+        if str(file) == str(lmk):
+            raw_opens.append(str(file))
+        return real_open(file, *a, **k)
+
+    with store.Project.open(lmk) as first:
+        with mock.patch("builtins.open", spy), store.Project.open(lmk) as second:
+            assert second.exemplar_id == first.exemplar_id
+        assert raw_opens == []
+    with mock.patch("builtins.open", spy), store.Project.open(lmk):
+        pass
+    assert raw_opens == [str(lmk)]  # closed everywhere: the plain header check is back

@@ -392,6 +392,21 @@ def _ro_uri(path: Path, immutable: bool = False) -> str:
     return path.resolve().as_uri() + ("?immutable=1" if immutable else "?mode=ro")
 
 
+#: project files this process holds open (resolved path -> count). POSIX record locks belong to
+#: the process: closing ANY descriptor of a file drops every lock the process holds on it,
+#: SQLite's included, so a plain open()/close() of a project that a live connection is writing
+#: lets another process write at the same time and corrupts the file. Such a file is known good.
+_OPEN_IN_PROCESS: dict[str, int] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def _open_key(path: Path) -> str:
+    try:
+        return str(path.resolve())
+    except OSError:
+        return str(path)
+
+
 def inspect_project_file(path: str | Path) -> int:
     """Check a file is an lmk_studio project this version can use; return its schema version.
 
@@ -405,6 +420,10 @@ def inspect_project_file(path: str | Path) -> int:
         raise ProjectError(f"{path}: project file not found")
     if path.is_dir():
         raise ProjectError(f"{path}: is a folder, not a project file (.lmk)")
+    with _OPEN_LOCK:
+        held = _OPEN_IN_PROCESS.get(_open_key(path), 0) > 0
+    if held:  # open here already: read nothing through a descriptor of our own (see above)
+        return _inspect_sqlite(path, False)
     try:
         with open(path, "rb") as f:
             head = f.read(len(SQLITE_MAGIC))
@@ -499,6 +518,9 @@ class Project:
         self._base = path.resolve().parent  # image paths are stored relative to this
         self._template: Template | None = None
         self._template = self._load_template()
+        self._open_key = _open_key(path)
+        with _OPEN_LOCK:
+            _OPEN_IN_PROCESS[self._open_key] = _OPEN_IN_PROCESS.get(self._open_key, 0) + 1
 
     # ------------------------------------------------------------------ open / create / close
 
@@ -681,6 +703,12 @@ class Project:
                     self._con.close()
                 finally:
                     self._con = None
+                    with _OPEN_LOCK:
+                        left = _OPEN_IN_PROCESS.get(self._open_key, 1) - 1
+                        if left > 0:
+                            _OPEN_IN_PROCESS[self._open_key] = left
+                        else:
+                            _OPEN_IN_PROCESS.pop(self._open_key, None)
 
     @property
     def closed(self) -> bool:
