@@ -88,3 +88,12 @@ def test_new_files_in_the_folder_are_offered_then_predicted_with_stage2(win, qtb
         assert all(p.placed and p.source is Source.STAGE2 for p in pts)
     # nothing new is offered again for the files now in the project
     assert win.folder_watch.scan() == []
+
+
+def test_frames_of_a_multi_frame_file_count_as_that_file(tmp_path) -> None:
+    """The project holds x.dcm#1, x.dcm#2: x.dcm in the folder is not new."""
+    from lmk_studio.gui.new_images import FolderWatcher
+
+    (tmp_path / "x.dcm").write_bytes(b"")
+    assert FolderWatcher._key(tmp_path / "x.dcm#2") == (tmp_path / "x.dcm").resolve()
+    assert FolderWatcher._key(tmp_path / "y.png") == (tmp_path / "y.png").resolve()

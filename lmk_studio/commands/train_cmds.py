@@ -276,8 +276,11 @@ def _add_folder(proj, folder_arg: str, say: Callable[[str], None]) -> list[int]:
     added = proj.add_images(paths)
     for path, problem in getattr(proj, "last_faults", []) or []:
         say(f"skipped {path}: {problem}")
+    from lmk_studio.core.images import split_frame
+
+    # a multi-frame DICOM's frames (x.dcm#3) belong to the file the folder lists
     wanted = {Path(p).resolve() for p in paths}
-    ids = sorted({r.id for r in proj.images() if Path(r.path).resolve() in wanted}
+    ids = sorted({r.id for r in proj.images() if split_frame(r.path)[0].resolve() in wanted}
                  | {r.id for r in added})
     if not ids:
         raise LmkError(f"{folder}: none of its images could be added to the project")

@@ -95,8 +95,11 @@ class FolderWatcher(QObject):
 
     @staticmethod
     def _key(p: Path | str) -> Path:
+        """The file on disk: a multi-frame DICOM's frames (x.dcm#3) all count as x.dcm."""
+        from lmk_studio.core.images import split_frame
+
         try:
-            return Path(p).resolve()
+            return split_frame(p)[0].resolve()
         except OSError:
             return Path(p)
 
