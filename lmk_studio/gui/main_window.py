@@ -1196,11 +1196,38 @@ class MainWindow(QMainWindow):
                                          "the other images…", 10000)
 
     def retrain(self) -> None:
+        """"Retrain with my corrections": every trusted image becomes an exemplar, so the chain
+        re-runs what the corrections changed (fused preview, Stage I, Stage II: engine.jobs
+        plans it), after saying what it will do and roughly how long it takes. A Stage II preset
+        file in the panel means the user wants Stage II alone."""
         tp = self.training
-        if not hasattr(tp, "start"):
+        if not hasattr(tp, "start") or self.doc.project is None:
+            return
+        preset = tp.selected_preset() if hasattr(tp, "selected_preset") else None
+        if preset is not None and str(preset).lower().endswith(".json"):
+            self.dock_training.raise_()
+            tp.start("stage2")
+            return
+        from lmk_studio.engine.jobs import plan_job
+
+        try:
+            plan = plan_job(self.doc.project, "all", preset)
+        except (LmkError, OSError) as exc:
+            self._error("Cannot retrain", exc)
+            return
+        if not self.confirm_plan(plan["words"]):
             return
         self.dock_training.raise_()
-        tp.start("stage2")
+        tp.start("all")
+
+    def confirm_plan(self, words: str) -> bool:
+        """Ask before a job that may take minutes (tests replace this)."""
+        box = QMessageBox(QMessageBox.Icon.Question, "Retrain with my corrections",
+                          words + "\n\nStart now? You can keep reviewing while it runs.",
+                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+                          self)
+        box.setDefaultButton(QMessageBox.StandardButton.Yes)
+        return box.exec() == QMessageBox.StandardButton.Yes
 
     def _training_started(self, job: str) -> None:
         self.statusBar().showMessage(f"Background job started: {job}", 5000)
