@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import Qt  # noqa: E402
-from test_gui_helpers import click_image, wait_shown, write_phantom_folder  # noqa: E402
+from test_gui_helpers import click_image, main_window, wait_shown, write_phantom_folder  # noqa: E402
 
 from lmk_studio.core.phantoms import make_phantom_set, phantom_template  # noqa: E402
 
@@ -22,19 +22,8 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def win(qtbot):
-    from lmk_studio.gui.app import make_app
-    from lmk_studio.gui.main_window import MainWindow
-
-    make_app()
-    w = MainWindow()
-    w.auto_preview = False
-    qtbot.addWidget(w)
-    w.resize(1200, 800)
-    w.show()
-    yield w
-    w.suggester.cancel()
-    w.suggester.wait(5.0)
-    w.close()
+    with main_window(qtbot, auto_preview=False) as w:
+        yield w
 
 
 def _folder(tmp_path):

@@ -1,4 +1,5 @@
-"""Helpers (no tests here) for the GUI tests: a tiny phantom folder and real mouse gestures.
+"""Helpers (no tests here) for the GUI tests: the main window, a tiny phantom folder and real
+mouse gestures.
 
 Mouse events go to the canvas viewport at the widget position of an image point, so the tests
 exercise pyqtgraph's own click/drag detection, as a user's mouse would.
@@ -6,11 +7,41 @@ exercise pyqtgraph's own click/drag detection, as a user's mouse would.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtTest import QTest
+
+
+@contextlib.contextmanager
+def main_window(qtbot, *, auto_preview: bool = True, auto_suggest: bool = True,
+                size: tuple[int, int] | None = (1200, 800)) -> Iterator[Any]:
+    """The real main window, shown offscreen; afterwards its job and exemplar ranking are
+    stopped and it is closed, so no test leaves a child process or thread behind."""
+    from lmk_studio.gui.app import make_app
+    from lmk_studio.gui.main_window import MainWindow
+
+    make_app()
+    w = MainWindow()
+    w.auto_preview = auto_preview
+    w.auto_suggest = auto_suggest
+    qtbot.addWidget(w)
+    if size is not None:
+        w.resize(*size)
+    w.show()
+    try:
+        yield w
+    finally:
+        if w.training.is_running():
+            w.training.cancel()
+        w.suggester.cancel()
+        w.suggester.wait(5.0)
+        w.close()
+
 
 # pyqtgraph drops mouse moves closer than 10 ms apart (mouseRateLimit): pace the gestures.
 STEP_MS = 25

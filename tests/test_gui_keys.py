@@ -12,6 +12,7 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
+from test_gui_helpers import main_window  # noqa: E402
 
 from lmk_studio.core.points import LandmarkPoint, Source, Status  # noqa: E402
 
@@ -20,17 +21,8 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def win(qtbot):
-    from lmk_studio.gui.app import make_app
-    from lmk_studio.gui.main_window import MainWindow
-
-    make_app()
-    w = MainWindow()
-    w.auto_preview = False
-    qtbot.addWidget(w)
-    w.resize(1200, 800)
-    w.show()
-    yield w
-    w.close()
+    with main_window(qtbot, auto_preview=False) as w:
+        yield w
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
+from test_gui_helpers import main_window  # noqa: E402
+
 from lmk_studio import cli  # noqa: E402
 from lmk_studio.core.points import Source  # noqa: E402
 from lmk_studio.gui.new_images import job_for_new_images  # noqa: E402
@@ -34,18 +36,8 @@ def test_the_newest_trained_method_predicts_new_images() -> None:
 
 @pytest.fixture
 def win(qtbot):
-    from lmk_studio.gui.app import make_app
-    from lmk_studio.gui.main_window import MainWindow
-
-    make_app()
-    w = MainWindow()
-    w.auto_preview = False
-    w.auto_suggest = False
-    qtbot.addWidget(w)
-    w.resize(1200, 800)
-    w.show()
-    yield w
-    w.close()
+    with main_window(qtbot, auto_preview=False, auto_suggest=False) as w:
+        yield w
 
 
 def test_new_files_in_the_folder_are_offered_then_predicted_with_stage2(win, qtbot,

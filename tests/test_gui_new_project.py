@@ -9,24 +9,15 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from PySide6.QtWidgets import QMessageBox  # noqa: E402
-from test_gui_helpers import write_phantom_folder  # noqa: E402
+from test_gui_helpers import main_window, write_phantom_folder  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
 def win(qtbot):
-    from lmk_studio.gui.app import make_app
-    from lmk_studio.gui.main_window import MainWindow
-
-    make_app()
-    w = MainWindow()
-    w.auto_preview = False
-    w.auto_suggest = False
-    qtbot.addWidget(w)
-    w.show()
-    yield w
-    w.close()
+    with main_window(qtbot, auto_preview=False, auto_suggest=False, size=None) as w:
+        yield w
 
 
 def _boxes(win) -> list[str]:

@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import Qt  # noqa: E402
+from test_gui_helpers import main_window  # noqa: E402
 
 from lmk_studio.core.points import Status  # noqa: E402
 
@@ -18,16 +19,8 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def win(qtbot):
-    from lmk_studio.gui.app import make_app
-    from lmk_studio.gui.main_window import MainWindow
-
-    make_app()
-    w = MainWindow()
-    qtbot.addWidget(w)
-    w.resize(1200, 800)
-    w.show()
-    yield w
-    w.close()
+    with main_window(qtbot) as w:
+        yield w
 
 
 def test_empty_review_panel_offers_the_preview_then_review_then_training(win, qtbot,

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from test_gui_helpers import write_phantom_folder  # noqa: E402
+from test_gui_helpers import main_window, write_phantom_folder  # noqa: E402
 
 from lmk_studio.gui.presets import default_preset, estimate, has_timm  # noqa: E402
 
@@ -16,17 +16,8 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def win(qtbot):
-    from lmk_studio.gui.app import make_app
-    from lmk_studio.gui.main_window import MainWindow
-
-    make_app()
-    w = MainWindow()
-    w.auto_preview = False
-    w.auto_suggest = False
-    qtbot.addWidget(w)
-    w.show()
-    yield w
-    w.close()
+    with main_window(qtbot, auto_preview=False, auto_suggest=False, size=None) as w:
+        yield w
 
 
 def test_default_follows_project_size_and_device() -> None:

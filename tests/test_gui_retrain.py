@@ -8,6 +8,8 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
+from test_gui_helpers import main_window  # noqa: E402
+
 from lmk_studio import cli  # noqa: E402
 from lmk_studio.core.points import LandmarkPoint, Source, Status  # noqa: E402
 
@@ -16,20 +18,8 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def win(qtbot):
-    from lmk_studio.gui.app import make_app
-    from lmk_studio.gui.main_window import MainWindow
-
-    make_app()
-    w = MainWindow()
-    w.auto_preview = False
-    w.auto_suggest = False
-    qtbot.addWidget(w)
-    w.resize(1200, 800)
-    w.show()
-    yield w
-    if w.training.is_running():
-        w.training.cancel()
-    w.close()
+    with main_window(qtbot, auto_preview=False, auto_suggest=False) as w:
+        yield w
 
 
 def test_retrain_shows_the_plan_then_runs_the_whole_chain(win, qtbot, tmp_path) -> None:

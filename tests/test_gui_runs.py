@@ -12,7 +12,7 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import Qt  # noqa: E402
 from runs_hooks import write_run  # noqa: E402
-from test_gui_helpers import drag_image, wait_shown  # noqa: E402
+from test_gui_helpers import drag_image, main_window, wait_shown  # noqa: E402
 
 from lmk_studio.core.points import Source, Status  # noqa: E402
 
@@ -21,16 +21,8 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def win(qtbot):
-    from lmk_studio.gui.app import make_app
-    from lmk_studio.gui.main_window import MainWindow
-
-    make_app()
-    w = MainWindow()
-    qtbot.addWidget(w)
-    w.resize(1300, 850)
-    w.show()
-    yield w
-    w.close()
+    with main_window(qtbot, size=(1300, 850)) as w:
+        yield w
 
 
 @pytest.fixture
