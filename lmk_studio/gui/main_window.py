@@ -789,6 +789,9 @@ class MainWindow(QMainWindow):
         rec = self.doc.record(image_id)
         sp = rec.spacing
         extra = f", {sp[1]:.4g} mm/px ({rec.spacing_source})" if sp else ", no pixel spacing"
+        conv = getattr(img.meta, "conversion", None)
+        if conv:  # a colour file (photographed film, secondary capture) shown as grey: say how
+            extra += f"; colour shown as grey ({conv})"
         self.statusBar().showMessage(f"{rec.name}: {rec.width} x {rec.height} px{extra}", 6000)
 
     def _image_failed(self, image_id: int, message: str) -> None:
