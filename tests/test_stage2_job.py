@@ -159,8 +159,9 @@ class _FakeProject:
         for iid, p in rows:
             d.setdefault(iid, []).append(p)
 
-    def predictions(self, rid):
-        return self._preds.get(rid, {})
+    def predictions(self, rid, image_ids=None):
+        got = self._preds.get(rid, {})
+        return got if image_ids is None else {i: v for i, v in got.items() if i in set(image_ids)}
 
 
 def test_stage2_job_logic_on_an_in_memory_project(tmp_path, monkeypatch) -> None:

@@ -869,3 +869,21 @@ def test_a_dead_job_child_is_left_to_its_live_parent() -> None:
     assert "999999" in store._owner_gone(dict(gone, parent={"pid": 999_998, "created": 1.0}))
     assert "999999" in store._owner_gone(gone)
     assert store._owner_gone(store._this_process()) is None  # this process is alive
+
+
+def test_predictions_of_some_images_read_only_those(tmp_path) -> None:
+    """A new patient's start points must not need a whole folder's history."""
+    from lmk_studio.core.phantoms import write_demo_project
+    from lmk_studio.core.points import LandmarkPoint, Source, Status
+    from lmk_studio.core.store import Project
+
+    lmk = write_demo_project(tmp_path / "d", n=4, size=(64, 64), seed=0)
+    with Project.open(lmk) as p:
+        ids = [r.id for r in p.images()]
+        rid = p.start_run("classical", {})
+        p.record_predictions(rid, [(i, LandmarkPoint(0, 1.0 * i, 2.0, Status.PREDICTED,
+                                                     Source.CLASSICAL)) for i in ids])
+        some = p.predictions(rid, [ids[1], ids[3], 999])
+        assert set(some) == {ids[1], ids[3]} and some[ids[1]][0].x == 1.0 * ids[1]
+        assert p.predictions(rid) == {**p.predictions(rid, ids)}
+        assert p.predictions(rid, []) == {}

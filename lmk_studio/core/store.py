@@ -1476,13 +1476,24 @@ class Project:
                 [(int(run_id), iid, p.index, p.x, p.y, p.confidence, p.expected_error_px,
                   p.status.value, p.source.value if p.source else None) for iid, p in norm])
 
-    def predictions(self, run_id: int) -> dict[int, list[LandmarkPoint]]:
-        """image id -> the points the run recorded for it (index order; only recorded ones)."""
+    def predictions(self, run_id: int, image_ids: Iterable[int] | None = None
+                    ) -> dict[int, list[LandmarkPoint]]:
+        """image id -> the points the run recorded for it (index order; only recorded ones).
+
+        `image_ids`: only those images (a new patient's prediction must not read a whole folder's
+        history: the primary key (run, image, idx) answers it directly)."""
+        sql = ("SELECT image_id, idx, x, y, status, source, confidence, expected_error_px "
+               "FROM predictions WHERE run_id = ?")
         with self._read() as con:
-            rows = con.execute(
-                "SELECT image_id, idx, x, y, status, source, confidence, expected_error_px "
-                "FROM predictions WHERE run_id = ? ORDER BY image_id, idx",
-                (int(run_id),)).fetchall()
+            if image_ids is None:
+                rows = con.execute(sql + " ORDER BY image_id, idx", (int(run_id),)).fetchall()
+            else:
+                ids, rows = sorted({int(i) for i in image_ids}), []
+                for k in range(0, len(ids), 500):
+                    part = ids[k:k + 500]
+                    rows += con.execute(
+                        sql + f" AND image_id IN ({','.join('?' * len(part))}) "
+                        "ORDER BY image_id, idx", (int(run_id), *part)).fetchall()
             out: dict[int, list[LandmarkPoint]] = {}
             for r in rows:
                 where = f"table predictions, run {run_id}, image {r[0]}"

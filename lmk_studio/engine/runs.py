@@ -20,6 +20,8 @@ FINISHED = "finished"
 STAGE1_KINDS = ("stage1", "stage1-predict")
 STAGE2_KINDS = ("stage2", "stage2-predict")
 CLASSICAL_KINDS = ("classical",)
+#: up to this many images, a run's points are read for those images only
+FEW_IMAGES = 200
 #: the smallest image the engines accept (the preview's pyramid and the patches need it)
 MIN_SIDE = 32
 
@@ -36,7 +38,9 @@ def latest_points(project: Any, image_ids: Iterable[int], n: int, kinds: Sequenc
             break
         if r.kind not in kinds or r.status != FINISHED:
             continue
-        preds = project.predictions(r.id)
+        # a few images (new patients): ask for those only; a whole folder: one read per run
+        preds = (project.predictions(r.id, remaining) if len(remaining) <= FEW_IMAGES
+                 else project.predictions(r.id))
         for iid in sorted(remaining & set(preds)):
             arr = np.full((n, 2), np.nan)
             for p in preds[iid]:
