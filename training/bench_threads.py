@@ -27,12 +27,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES: dict[str, dict] = {
-    # torch's defaults: as many threads as cores, OpenMP's active (spinning) wait
-    "default (2 threads, active wait)": {"threads": 0, "env": {"OMP_WAIT_POLICY": "ACTIVE"}},
+    # torch as installed: as many threads as cores, OpenMP's own wait (spin a while, then sleep)
+    "torch default (2 threads, OpenMP default wait)": {"threads": 0, "env": {}},
+    "2 threads, active wait": {"threads": 0, "env": {"OMP_WAIT_POLICY": "ACTIVE"}},
     "2 threads, passive wait": {"threads": 2, "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
-    "1 thread": {"threads": 1, "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
+    "2 threads, spin 10k then sleep": {"threads": 2, "env": {"GOMP_SPINCOUNT": "10000"}},
+    "2 threads, spin 100k then sleep": {"threads": 2, "env": {"GOMP_SPINCOUNT": "100000"}},
+    "1 thread": {"threads": 1, "env": {}},
     "app policy (lmk_studio.engine.threads)": {"threads": -1, "env": {}},
 }
+#: variables a policy may set; cleared first so that only the policy's own apply
+_POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def child(workload: str, steps: int, threads: int) -> None:
@@ -86,7 +91,8 @@ def child(workload: str, steps: int, threads: int) -> None:
 
 
 def run_one(workload: str, steps: int, policy: dict, busy: bool) -> dict:
-    env = {**os.environ, **policy["env"]}
+    env = {k: v for k, v in os.environ.items() if k not in _POLICY_VARS}
+    env.update(policy["env"])
     if policy["threads"] != -1:
         env.pop("LMK_STUDIO_THREADS", None)
     hog = subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) if busy else None
