@@ -20,6 +20,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"lmk_studio {__version__}")
     p.add_argument("--demo", action="store_true", help="open the app on the built-in demo project")
+    p.add_argument("--self-test", action="store_true",
+                   help="check this installation end to end without a click (phantom project, "
+                   "preview, tiny Stage I/II, predict, export, DICOM, window); exit 0 or name "
+                   "the failing step")
     sub = p.add_subparsers(dest="command")
 
     s = sub.add_parser("new", help="create a project from a folder of images")
@@ -128,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw, project_to_open = _split_project_to_open(raw)
     args = parser.parse_args(raw)
     try:
+        if getattr(args, "self_test", False):
+            from lmk_studio.selftest import run_self_test
+
+            return run_self_test()
         if args.command is None:
             from lmk_studio.gui.app import run_app
 

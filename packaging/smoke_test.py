@@ -1,5 +1,5 @@
-"""Smoke test of a built lmk-studio executable: the CLI loop on a phantom project, a clear error on
-bad input, and the window starting offscreen without dying. Exits non-zero on the first failure.
+"""Smoke test of a built lmk-studio executable: its own `--self-test`, the CLI loop on a phantom
+project, a clear error on bad input, and the window starting offscreen without dying. Exits non-zero on the first failure.
 
     python packaging/smoke_test.py build/dist/lmk-studio/lmk-studio [--train]
 
@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         out = _run(exe, "--version", env=env)
         if "lmk_studio" not in out:
             raise SystemExit(f"FAILED: --version printed {out!r}")
+        # the app's own end-to-end check: preview, tiny Stage I/II, predict, export, DICOM
+        # (pylibjpeg's decoders, found through entry points a frozen build can lose), window
+        out = _run(exe, "--self-test", env=dict(env, QT_QPA_PLATFORM="offscreen"))
+        if "self-test passed" not in out:
+            raise SystemExit(f"FAILED: --self-test did not pass:\n{out[-3000:]}")
         _run(exe, "demo", str(tmp_path / "demo"), "--n", "6", env=env)
         projects = sorted((tmp_path / "demo").glob("*.lmk"))
         if not projects:
