@@ -72,3 +72,20 @@ def test_thread_policy_honours_the_users_count_and_waits_passively(monkeypatch) 
     assert threads.thread_count(1) == 1
     monkeypatch.setenv(threads.ENV_THREADS, "lots")
     assert threads.thread_count() == threads.available_cores() >= 1
+
+
+def test_the_window_and_job_planning_do_not_import_torch() -> None:
+    """The GUI process talks to the engine through jobs in another process; planning a retrain
+    (engine.jobs.plan_job) must not load torch into it (seconds and hundreds of MB)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; import lmk_studio.gui.main_window; "
+            "from lmk_studio.engine.jobs import plan_job, run_job; "
+            "from lmk_studio.engine import fusion, runs; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))[:3])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "QT_QPA_PLATFORM": "offscreen"}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

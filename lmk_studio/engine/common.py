@@ -12,9 +12,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: the GUI process imports this module
+    import torch  # (job events, cancel tokens) and must not pay for torch (issue 14)
 
 
 class Cancelled(Exception):
@@ -82,6 +85,8 @@ class EtaClock:
 
 def select_device(preference: str = "auto") -> torch.device:
     """CUDA, then Apple MPS, then CPU; an explicit preference that is unavailable is an error."""
+    import torch
+
     pref = (preference or "auto").lower()
     if pref == "auto":
         if torch.cuda.is_available():
@@ -103,6 +108,8 @@ def select_device(preference: str = "auto") -> torch.device:
 
 def describe_device(device: torch.device) -> str:
     """Human words for the device, e.g. for the GUI's training panel."""
+    import torch
+
     if device.type == "cuda":
         return f"GPU: {torch.cuda.get_device_name(device)}"
     if device.type == "mps":
@@ -112,6 +119,8 @@ def describe_device(device: torch.device) -> str:
 
 def seed_everything(seed: int) -> None:
     """Fix every RNG a CPU run uses, so a seeded run reproduces exactly."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
