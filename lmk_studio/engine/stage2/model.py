@@ -50,6 +50,9 @@ class Stage2Model:
         self.stride = int(getattr(nets[0], "stride", 1))
         for n in self.nets:
             n.eval()
+            # channels-last convolutions: the same numbers, measured ~20 % faster on CPU for the
+            # U-Net's many small patches (what predicting a new patient spends its time on)
+            n.to(memory_format=torch.channels_last)
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -104,7 +107,8 @@ class Stage2Model:
                     anc.append(anchors[k] - m[:2, 2])
         mt = torch.as_tensor(np.array(mats), dtype=torch.float32, device=self.device)
         src = img.expand(len(mats), -1, -1, -1)
-        patches = warp(src, mt, (p, p), padding="border")
+        patches = warp(src, mt, (p, p), padding="border").contiguous(
+            memory_format=torch.channels_last)
         chan = torch.as_tensor(chans, device=self.device)
         v, ll = len(offsets), len(lms)
         pts, peaks, spreads = [], [], []
