@@ -60,7 +60,13 @@ def main() -> None:
     ap.add_argument("--first", type=int, default=61)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "training" / "reports" / "new_patients.md"))
+    ap.add_argument("--score", action="store_true",
+                    help="instead: each Stage II start route on all of 061-120 through "
+                    "`lmk-studio predict --images`, scored from `lmk-studio export`")
     a = ap.parse_args()
+    if a.score:
+        score_routes(Path(a.project), a.first)
+        return
     if a.threads:
         os.environ["LMK_STUDIO_THREADS"] = str(a.threads)
     src = Path(a.project)
@@ -111,6 +117,56 @@ def main() -> None:
     write_report(a, rows, threads, import_s, names, src)
 
 
+def score_routes(src: Path, first: int) -> None:
+    """Accuracy of each start route on the new patients, the product path end to end: a copy of
+    the trained project without 061-120, `lmk-studio predict COPY --images DIR --start X`, then
+    `lmk-studio export --csv`, scored against the two doctors' mean (bench_product's helpers)."""
+    import subprocess
+
+    import bench_product as bp
+
+    names_all, truth_all = bp.load_truth()
+    new = [f"{i:03d}.png" for i in range(first, 121)]
+    idx = [names_all.index(n) for n in new]
+    truth = truth_all[idx]
+    cli = str(REPO / ".venv" / "bin" / "lmk-studio")
+    lines = ["", f"## Accuracy of the start routes on {new[0]}-{new[-1]} (product path)", "",
+             "`python training/bench_new_patients.py --score`: a copy of the inductive project "
+             "without these images, `lmk-studio predict COPY --images DIR --start ROUTE`, "
+             f"`lmk-studio export --csv`; {time.strftime('%Y-%m-%d %H:%M')}.", "",
+             "| start route | MRE px | MRE mm | SDR 2 mm % | wall s (60 images, one process) |",
+             "|---|---|---|---|---|"]
+    from lmk_studio.core.store import Project
+
+    with tempfile.TemporaryDirectory(prefix="lmk_newpat_score_") as tmp:
+        folder = Path(tmp) / "new patients"
+        bp.link_images(folder, list(range(first, 121)))
+        for route in ("preview", "stage1"):
+            lmk = copy_project(src, Path(tmp) / route)
+            with Project.open(lmk) as proj:
+                again = [r.id for r in proj.images() if r.name in new]
+                if again:
+                    proj.remove_images(again)
+            t0 = time.perf_counter()
+            subprocess.run([cli, "predict", str(lmk), "--images", str(folder), "--start", route],
+                           check=True, capture_output=True)
+            wall = time.perf_counter() - t0
+            out_csv = Path(tmp) / f"{route}.csv"
+            subprocess.run([cli, "export", str(lmk), "--csv", str(out_csv)], check=True,
+                           capture_output=True)
+            s = bp.score(bp.read_export(out_csv, new), truth, new)
+            row = (f"| {route} | {s['mre_px']:.2f} | {s['mre_mm']:.2f} | "
+                   f"{s['sdr']['2']:.1f} | {wall:.0f} |")
+            print(row, flush=True)
+            lines.append(row)
+    out = REPO / "training" / "reports" / "new_patients.md"
+    text = out.read_text("utf-8")
+    marker = "<!-- notes below are kept -->"
+    head, _, notes = text.partition(marker)
+    head = head.split("\n## Accuracy of the start routes")[0].rstrip("\n")
+    out.write_text(head + "\n" + "\n".join(lines) + "\n\n" + marker + notes, "utf-8")
+
+
 def write_report(a, rows, threads, import_s, names, src) -> None:
     cpu = next((ln.split(":", 1)[1].strip() for ln in
                 Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
@@ -129,10 +185,15 @@ def write_report(a, rows, threads, import_s, names, src) -> None:
                      f"{r['points_placed']} / {r['points_expected']} |")
     out = Path(a.out)
     marker = "<!-- notes below are kept -->"
-    notes = ""
-    if out.exists() and marker in out.read_text("utf-8"):
-        notes = out.read_text("utf-8").split(marker, 1)[1]
-    out.write_text("\n".join(lines) + "\n\n" + marker + notes, "utf-8")
+    notes, scored = "", ""
+    if out.exists():
+        old = out.read_text("utf-8")
+        if marker in old:
+            old, notes = old.split(marker, 1)
+        if "\n## Accuracy of the start routes" in old:  # written by --score: kept
+            scored = "\n## Accuracy of the start routes" + old.split(
+                "\n## Accuracy of the start routes", 1)[1].rstrip("\n") + "\n"
+    out.write_text("\n".join(lines) + "\n" + scored + "\n" + marker + notes, "utf-8")
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1), "utf-8")
 
 
