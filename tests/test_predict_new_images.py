@@ -135,3 +135,15 @@ def test_predict_stage2_on_an_untrained_project_says_what_to_do(tmp_path, capsys
     lmk = write_demo_project(tmp_path / "d", n=3, size=(96, 96), seed=0)
     assert cli.main(["predict", str(lmk)]) == 2
     assert "train Stage II first" in capsys.readouterr().err
+
+
+def test_images_already_in_the_project_are_said_once_not_one_line_each(trained, tmp_path,
+                                                                       capsys) -> None:
+    lmk = _copy(trained, tmp_path / "p")
+    folder = _new_folder(tmp_path / "new")
+    assert cli.main(["predict", str(lmk), "--images", str(folder), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert cli.main(["predict", str(lmk), "--images", str(folder), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "2 image(s) of" in err and "already in the project" in err
+    assert "skipped" not in err and "0 new image(s) added" in err

@@ -274,8 +274,14 @@ def _add_folder(proj, folder_arg: str, say: Callable[[str], None]) -> list[int]:
     if not paths:
         raise LmkError(f"{folder}: no supported images in this folder")
     added = proj.add_images(paths)
+    known = 0
     for path, problem in getattr(proj, "last_faults", []) or []:
+        if problem.startswith("already in the project"):
+            known += 1  # not a fault: those images are predicted too, said once below
+            continue
         say(f"skipped {path}: {problem}")
+    if known:
+        say(f"{known} image(s) of {folder} already in the project")
     from lmk_studio.core.images import split_frame
 
     # a multi-frame DICOM's frames (x.dcm#3) belong to the file the folder lists
