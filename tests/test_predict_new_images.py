@@ -5,7 +5,6 @@ predict, and never calls a run that wrote fewer points than it set out to a succ
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import cv2
@@ -44,16 +43,11 @@ def trained(tmp_path_factory) -> Path:
 
 
 def _copy(src: Path, dst_dir: Path) -> Path:
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    dst = dst_dir / src.name
-    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
-        a.backup(b)
-    models = Path(str(src) + ".models")
-    if models.exists():
-        import shutil
+    """A private copy with the trained models (images stay where the project names them)."""
+    from lmk_studio.core.store import Project
 
-        shutil.copytree(models, Path(str(dst) + ".models"))
-    return dst
+    with Project.open(src) as proj:
+        return proj.save_copy(dst_dir / src.name, models=True)
 
 
 def _new_folder(where: Path, n: int = 2, tiny: bool = False) -> Path:

@@ -77,13 +77,10 @@ def previewed(tmp_path_factory) -> Path:
 
 def _copy_project(src: Path, dst_dir: Path) -> Path:
     """A private copy (project file only; images stay where the project names them)."""
-    import sqlite3
+    from lmk_studio.core.store import Project
 
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    dst = dst_dir / src.name
-    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
-        a.backup(b)
-    return dst
+    with Project.open(src) as proj:
+        return proj.save_copy(dst_dir / src.name)
 
 
 def _stage_points(lmk: Path, kind: str) -> tuple[int, dict]:

@@ -887,3 +887,21 @@ def test_predictions_of_some_images_read_only_those(tmp_path) -> None:
         assert set(some) == {ids[1], ids[3]} and some[ids[1]][0].x == 1.0 * ids[1]
         assert p.predictions(rid) == {**p.predictions(rid, ids)}
         assert p.predictions(rid, []) == {}
+
+
+def test_save_copy_with_models_copies_the_model_folder_and_never_overwrites(tmp_path) -> None:
+    from lmk_studio.core.errors import ProjectError
+    from lmk_studio.core.phantoms import write_demo_project
+    from lmk_studio.core.store import Project
+
+    lmk = write_demo_project(tmp_path / "d", n=3, size=(64, 64), seed=0)
+    models = Path(str(lmk) + ".models") / "stage2_run1"
+    models.mkdir(parents=True)
+    (models / "model.pt").write_bytes(b"weights")
+    with Project.open(lmk) as p:
+        copy = p.save_copy(tmp_path / "c" / "copy", models=True)
+        assert (Path(str(copy) + ".models") / "stage2_run1" / "model.pt").read_bytes() == b"weights"
+        (tmp_path / "c" / "other.lmk.models").mkdir()
+        with pytest.raises(ProjectError, match="other.lmk.models"):
+            p.save_copy(tmp_path / "c" / "other", models=True)
+        assert not (tmp_path / "c" / "other.lmk").exists()

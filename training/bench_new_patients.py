@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import sqlite3
 import sys
 import tempfile
 import time
@@ -43,14 +41,11 @@ METHODS = {"preview": ("classical", "auto"), "stage2 (start: preview)": ("predic
 
 
 def copy_project(src: Path, dst_dir: Path) -> Path:
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    dst = dst_dir / src.name
-    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
-        a.backup(b)
-    models = Path(str(src) + ".models")
-    if models.exists():
-        shutil.copytree(models, Path(str(dst) + ".models"))
-    return dst
+    """The trained project and its models, copied by the store (as "Save a copy as…" does)."""
+    from lmk_studio.core.store import Project
+
+    with Project.open(src) as proj:
+        return proj.save_copy(dst_dir / src.name, models=True)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -1528,16 +1529,21 @@ class Project:
 
     # ------------------------------------------------------------------ copies
 
-    def save_copy(self, dest: str | Path) -> Path:
+    def save_copy(self, dest: str | Path, models: bool = False) -> Path:
         """A consistent copy of the project as it is now ("Save a copy as…", backups), made
         with SQLite's online backup while other processes may keep writing. Refuses an
-        existing destination; a failure leaves no partial file."""
+        existing destination; a failure leaves no partial file.
+
+        `models`: also copy the trained models (`PROJECT.models/` -> `DEST.models/`); runs name
+        them relative to that folder, so the copy predicts with them as the original does."""
         dest = Path(dest)
         if not dest.suffix:
             dest = dest.with_suffix(".lmk")
-        if dest.exists():
-            raise ProjectError(f"{dest}: already exists; choose another name "
-                               "(nothing was overwritten)")
+        src_models, dest_models = Path(str(self.path) + ".models"), Path(str(dest) + ".models")
+        for d in (dest, dest_models) if models else (dest,):
+            if d.exists():
+                raise ProjectError(f"{d}: already exists; choose another name "
+                                   "(nothing was overwritten)")
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -1550,6 +1556,14 @@ class Project:
                 (e.strerror or str(e))
             raise ProjectError(f"{dest}: could not write the copy of {self.path.name} "
                                f"({problem}); the project itself is unchanged") from None
+        if models and src_models.is_dir():
+            try:
+                shutil.copytree(src_models, dest_models, symlinks=True)
+            except OSError as e:
+                shutil.rmtree(dest_models, ignore_errors=True)
+                raise ProjectError(f"{dest_models}: could not copy the trained models "
+                                   f"({e.strerror or e}); the copied project {dest.name} has "
+                                   "none") from None
         return dest
 
     # ------------------------------------------------------------------ summary
