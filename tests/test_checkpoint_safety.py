@@ -15,19 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_presets import TINY_S1_LEARNED as TINY_S1
+from tiny_presets import TINY_S2
 
 from lmk_studio import cli
 from lmk_studio.core.errors import LmkError
 from lmk_studio.engine import checkpoints
-
-TINY_S1 = {"name": "tiny", "start": "learned", "torch_threads": 1,
-           "coarse": {"size": [48, 48], "backbone": "small_cnn", "width": 4, "d_model": 16,
-                      "heads": 2, "n_layers": 1, "global_type": "none", "epochs": 1,
-                      "steps_per_epoch": 1, "batch": 2, "lr": 0.001, "sigma": 2.0,
-                      "eval_every": 1}}
-TINY_S2 = {"detector": {"kind": "unet", "base": 4, "depth": 2}, "patch": 32, "scale": 1.0,
-           "sigma": 1.5, "steps": 2, "steps_per_epoch": 1, "batch_trusted": 2,
-           "batch_pseudo": 2, "calib_warps": 1, "tolerance_px": 6.0}
 
 
 class _Payload:

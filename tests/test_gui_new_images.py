@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from test_gui_helpers import main_window  # noqa: E402
+from tiny_presets import TINY_S2  # noqa: E402
 
 from lmk_studio import cli  # noqa: E402
 from lmk_studio.core.points import Source  # noqa: E402
@@ -22,9 +23,6 @@ from lmk_studio.gui.new_images import job_for_new_images  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
-TINY_S2 = {"detector": {"kind": "unet", "base": 4, "depth": 2}, "patch": 32, "scale": 1.0,
-           "sigma": 1.5, "steps": 2, "steps_per_epoch": 1, "batch_trusted": 2,
-           "batch_pseudo": 2, "calib_warps": 1, "tolerance_px": 6.0}
 
 
 def test_the_newest_trained_method_predicts_new_images() -> None:

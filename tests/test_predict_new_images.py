@@ -10,19 +10,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from tiny_presets import TINY_S1_CLASSICAL as TINY_S1
+from tiny_presets import TINY_S2
 
 from lmk_studio import cli
 from lmk_studio.commands.train_cmds import EXIT_INCOMPLETE
 from lmk_studio.core.points import Source
-
-TINY_S1 = {"name": "tiny", "start": "classical", "torch_threads": 1,
-           "refine": {"crop": 32, "scale": 2.0, "backbone": "small_cnn", "width": 4,
-                      "d_model": 16, "heads": 2, "n_layers": 1, "global_type": "none",
-                      "epochs": 1, "steps_per_epoch": 1, "batch": 2, "eval_every": 1,
-                      "n_local_infer": 2}}
-TINY_S2 = {"detector": {"kind": "unet", "base": 4, "depth": 2}, "patch": 32, "scale": 1.0,
-           "sigma": 1.5, "steps": 2, "steps_per_epoch": 1, "batch_trusted": 2,
-           "batch_pseudo": 2, "calib_warps": 1, "tolerance_px": 6.0}
 
 
 @pytest.fixture(scope="module")
