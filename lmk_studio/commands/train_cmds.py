@@ -345,6 +345,6 @@ def _shortfall(proj, run_id: int) -> str | None:
         return None
     if got >= exp:
         return None
-    why = m.get("skipped") or []
+    why = m.get("faults") or []
     more = f" (and {len(why) - 5} more)" if len(why) > 5 else ""
     return (f"run {run_id}: only {got} of {exp} points written; " + "; ".join(why[:5]) + more)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from lmk_studio.core.errors import LmkError
+from lmk_studio.core.points import Status
 
 FINISHED = "finished"
 #: run kinds whose points are Stage I pseudo-landmarks (training or a later prediction)
@@ -80,6 +81,17 @@ def needs_prediction(project: Any, model_run: Any, predict_kind: str,
                 and (r.config or {}).get("model_run") == model_run.id):
             done |= set(project.predictions(r.id))
     return [int(i) for i in image_ids if int(i) not in done]
+
+
+def kept_landmarks(points: Iterable[Any], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(trusted, absent) masks over an image's n landmarks: a prediction fills the others and
+    never these (a placed exemplar / accepted / corrected point, or one marked absent)."""
+    trusted, absent = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    for p in points:
+        if 0 <= p.index < n:
+            trusted[p.index] = bool(p.status.is_trusted and p.placed)
+            absent[p.index] = p.status is Status.ABSENT
+    return trusted, absent
 
 
 def check_engine_image(img: np.ndarray, name: str) -> np.ndarray:

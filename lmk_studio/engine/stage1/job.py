@@ -278,7 +278,11 @@ def predict_stage1_job(project: Any, device: str = "auto",
             for p in proj.points(ex_id):
                 if p.placed:
                     ex_pts[p.index] = (p.x, p.y)
-            expected = sum(_needed(proj, r.id, n) for r in used if r.id != ex_id)
+            expected = 0
+            for r in used:
+                if r.id != ex_id:
+                    trusted, absent = runs.kept_landmarks(proj.points(r.id), n)
+                    expected += int((~trusted & ~absent).sum())
             if len(used) > 1:
                 start = _classical_points(proj, ids, n) if cfg.start == "classical" else None
                 res = predict_with_models(full, ex, ex_pts, cfg, models, dev, start, progress,
@@ -292,17 +296,9 @@ def predict_stage1_job(project: Any, device: str = "auto",
             raise
         proj.finish_run(run_id, "finished",
                         metrics={"points_written": written, "expected_points": expected,
-                                 "images": len(used) - 1, "skipped": skipped,
-                                 "faults": skipped})
+                                 "images": len(used) - 1, "faults": skipped})
         return run_id
     finally:
         if owned:
             proj.close()
 
-
-def _needed(proj, image_id: int, n: int) -> int:
-    """Landmarks of an image a prediction should fill: not trusted, not marked absent."""
-    cur = {p.index: p for p in proj.points(image_id)}
-    return sum(1 for j in range(n)
-               if j not in cur or not (cur[j].status.is_trusted and cur[j].placed
-                                       or cur[j].status is Status.ABSENT))

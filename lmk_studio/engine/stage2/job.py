@@ -269,7 +269,7 @@ def predict_stage2_job(project: Any, device: str = "auto",
 
     `images`: those images; None: every image the model has not predicted yet (its own training
     images and earlier predictions with it are not redone). Each image that gets fewer points
-    than it needs is reported by name with the reason (metrics "skipped"); "expected_points" is
+    than it needs is reported by name with the reason (metrics "faults"); "expected_points" is
     what the run set out to write, so a caller can tell a partial run from a complete one.
     """
     proj, owned = _open(project)
@@ -298,11 +298,7 @@ def predict_stage2_job(project: Any, device: str = "auto",
                 if cancel is not None:
                     cancel.raise_if_cancelled()
                 t0 = time.perf_counter()
-                cur = {p.index: p for p in proj.points(rec.id)}
-                trusted = np.array([cur[j].status.is_trusted and cur[j].placed
-                                    if j in cur else False for j in range(n)])
-                absent = np.array([j in cur and cur[j].status is Status.ABSENT
-                                   for j in range(n)])
+                trusted, absent = runs.kept_landmarks(proj.points(rec.id), n)
                 need = int((~trusted & ~absent).sum())
                 expected += need
                 init = starts.get(rec.id, np.full((n, 2), np.nan)).copy()
@@ -338,8 +334,7 @@ def predict_stage2_job(project: Any, device: str = "auto",
             raise
         proj.finish_run(run_id, "finished",
                         metrics={"points_written": written, "expected_points": expected,
-                                 "images": len(records), "skipped": skipped,
-                                 "faults": skipped},
+                                 "images": len(records), "faults": skipped},
                         timings={"total_s": float(sum(t_img)),
                                  "per_image_s": float(np.mean(t_img)) if t_img else None})
         return run_id
