@@ -241,14 +241,20 @@ def user_image_settings() -> dict[str, str]:
     return values
 
 
+def _image_setting(env: str, key: str) -> tuple[str, str]:
+    """(value, where it came from): the environment variable (one run) wins over the user's
+    settings file; "" when neither sets it."""
+    raw = os.environ.get(env, "").strip()
+    if raw:
+        return raw, f"{env}={raw!r}"
+    raw = user_image_settings().get(key, "").strip()
+    return raw, f"{settings_file()}: [{SETTINGS_SECTION}] {key} = {raw!r}"
+
+
 def max_pixels() -> int:
     """The largest image (width x height) read: ``LMK_STUDIO_MAX_PIXELS`` (for one run), else
     ``max_pixels`` under ``[images]`` in the user's settings file, else 64 megapixels."""
-    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    where = f"{MAX_PIXELS_ENV}={raw!r}"
-    if not raw:
-        raw = user_image_settings().get(MAX_PIXELS_KEY, "").strip()
-        where = f"{settings_file()}: [{SETTINGS_SECTION}] {MAX_PIXELS_KEY} = {raw!r}"
+    raw, where = _image_setting(MAX_PIXELS_ENV, MAX_PIXELS_KEY)
     if not raw:
         return DEFAULT_MAX_PIXELS
     try:
@@ -277,11 +283,7 @@ def dicom_frames_mode() -> str:
     app (another program must split the file first), while frames added as images are named
     after their file and frame, can be removed like any image, and cost a header read only.
     """
-    raw = os.environ.get(DICOM_FRAMES_ENV, "").strip()
-    where = f"{DICOM_FRAMES_ENV}={raw!r}"
-    if not raw:
-        raw = user_image_settings().get(DICOM_FRAMES_KEY, "").strip()
-        where = f"{settings_file()}: [{SETTINGS_SECTION}] {DICOM_FRAMES_KEY} = {raw!r}"
+    raw, where = _image_setting(DICOM_FRAMES_ENV, DICOM_FRAMES_KEY)
     if not raw:
         return DEFAULT_DICOM_FRAMES
     v = raw.lower()
