@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lmk_studio.core.errors import LmkError
+from lmk_studio.engine import runs as _runs
 from lmk_studio.engine.common import CancelToken, ProgressCallback, ProgressEvent, no_progress
 
 log = logging.getLogger("lmk_studio.engine.jobs")
@@ -108,16 +109,11 @@ def _newest(project: Any, kinds: Sequence[str]):
     return max(runs, key=lambda r: r.id) if runs else None
 
 
-def _newest_finished(proj: Any, kinds: Sequence[str]):
-    runs = [r for r in proj.runs() if r.kind in kinds and r.status in _FINISHED]
-    return max(runs, key=lambda r: r.id) if runs else None
-
-
 def _preview_stale(proj: Any, sig: str, n_trusted: int) -> bool:
     """True when the newest finished preview did not start from the current trusted images
     (a correction was made or undone since). A preview from before fusion recorded no
     signature: stale only if there are trusted images beyond the exemplar now."""
-    cl = _newest_finished(proj, ("classical",))
+    cl = _runs.newest_finished(proj, ("classical",))
     if cl is None:
         return True
     had = (cl.config or {}).get("trusted_signature")
@@ -127,10 +123,10 @@ def _preview_stale(proj: Any, sig: str, n_trusted: int) -> bool:
 def _stage1_stale(proj: Any, sig: str, preset: str | None, seed: int | None) -> bool:
     """True when Stage I must be trained again: none finished, a preview (its start) finished
     after it, the trusted images changed since, or another preset / seed was asked for."""
-    s1 = _newest_finished(proj, ("stage1",))
+    s1 = _runs.newest_finished(proj, ("stage1",))
     if s1 is None:
         return True
-    cl = _newest_finished(proj, ("classical",))
+    cl = _runs.newest_finished(proj, ("classical",))
     cfg = s1.config or {}
     if cl is not None and cl.id > s1.id:
         return True
@@ -203,7 +199,7 @@ def plan_job(project: Any, job: str, preset: Preset = None, resume: bool = False
         for step in steps:
             kind = {"predict-stage1": "stage1-predict",
                     "predict-stage2": "stage2-predict"}.get(step, step)
-            last = _newest_finished(proj, (kind,))
+            last = _runs.newest_finished(proj, (kind,))
             per = _DEFAULT_S_PER_IMAGE.get(step.replace("predict-", ""), 1.0)
             if last is not None:
                 t = (last.timings or {})

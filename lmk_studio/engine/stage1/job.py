@@ -29,7 +29,6 @@ from .pipeline import Stage1Result, fit_stage1
 
 RUN_KIND = "stage1"
 _CLASSICAL_KINDS = ("classical", "preview", "stage0")
-_DONE = ("finished", "done", "ok", "completed")
 
 
 def _open(project: Any):
