@@ -77,4 +77,6 @@ def test_info_accepts_the_project_without_its_suffix(tmp_path, capsys, demo) -> 
     out = capsys.readouterr().out
     assert "ceph.lmk" in out and "Images: 2" in out
     assert main(["export", str(base), "--csv", str(tmp_path / "out.csv")]) == 0
+    assert main(["suggest-exemplar", str(base), "--top", "1"]) == 0
+    assert main(["suggest-corrections", str(base), "--top", "1"]) == 0
     assert main(["info", str(tmp_path / "nope")]) != 0

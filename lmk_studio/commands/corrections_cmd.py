@@ -19,10 +19,11 @@ from lmk_studio.core.errors import LmkError
 
 def cmd_suggest_corrections(args: argparse.Namespace) -> int:
     """Print the images to correct first (best first); optionally write the order as JSON."""
+    from lmk_studio.commands.project_cmds import existing_project_path
     from lmk_studio.core.store import Project
     from lmk_studio.engine.fusion import correction_order
 
-    path = Path(args.project).expanduser()
+    path = existing_project_path(args.project)  # `new /x/ceph` wrote /x/ceph.lmk
     if not path.is_file():
         raise LmkError(f"{path}: no such project file")
     top = int(args.top or 0)

@@ -34,9 +34,10 @@ def _collect(target: Path) -> tuple[list[Path], list[int] | None, list[tuple[Pat
 
 def cmd_suggest_exemplar(args: argparse.Namespace) -> int:
     """Rank the project's (or folder's) images as exemplar candidates; print the best --top."""
+    from lmk_studio.commands.project_cmds import existing_project_path
     from lmk_studio.engine.exemplar import rank_exemplars
 
-    target = Path(args.project).expanduser()
+    target = existing_project_path(args.project)  # `new /x/ceph` wrote /x/ceph.lmk
     if not target.exists():
         raise LmkError(f"{target}: no such project file or folder")
     top = int(getattr(args, "top", 10) or 0)
